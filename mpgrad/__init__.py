@@ -1,0 +1,19 @@
+"""mpgrad: a pure-NumPy reference autodiff framework that emulates low-precision arithmetic."""
+
+from .formats import (FORMATS, Format, as_format, bfloat16, float4_e2m1fn, float6_e2m3fn,
+                      float6_e3m2fn, float8_e4m3fn, float8_e4m3fnuz, float8_e5m2,
+                      float8_e5m2fnuz, float16, float32, float64, tf32)
+from .bits import (Description, describe, from_bits, next_down, next_up, to_bits, ulp,
+                   ulp_distance)
+from .rng import manual_seed
+from .rounding import (MODES, STOCHASTIC_BITS, RoundingStats, record_rounding, round_to,
+                       to_float64)
+
+__all__ = [
+    "FORMATS", "Format", "as_format", "bfloat16", "float4_e2m1fn", "float6_e2m3fn",
+    "float6_e3m2fn", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz",
+    "float16", "float32", "float64", "tf32", "manual_seed",
+    "Description", "describe", "from_bits", "next_down", "next_up", "to_bits", "ulp",
+    "ulp_distance",
+    "MODES", "STOCHASTIC_BITS", "RoundingStats", "record_rounding", "round_to", "to_float64",
+]

@@ -1,0 +1,358 @@
+"""Correct rounding of exact values to any Format, once, in every rounding mode.
+
+An exact value is split into sign, exponent and ``n = floor(|x| / 2**q)`` where ``2**q`` is the
+target's quantum (its ulp) at that exponent, plus where the discarded remainder lies
+(zero, below half, half, above half). Every rounding mode is a rule on that split; the
+result is composed directly as the target's bit pattern. All steps are integer or exact
+float64 operations, vectorised over the array.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Iterator, NamedTuple
+
+import ml_dtypes
+import numpy as np
+
+from . import rng as _rng
+from .formats import Format, as_format
+
+__all__ = ["round_to", "MODES", "STOCHASTIC_BITS", "RoundingStats", "record_rounding",
+           "to_float64"]
+
+MODES = ("nearest_even", "nearest_away", "toward_zero", "up", "down", "odd", "stochastic")
+
+# Stochastic rounding draws one uniform 32-bit integer k per element and rounds away from
+# zero iff k < floor(f * 2**32), f being the exact discarded fraction of an ulp, so that
+# P(away) = floor(f * 2**32) / 2**32: exactly f when f has at most 32 bits (any float32
+# source to a format of 16 bits or fewer), otherwise less than f by under 2**-32.
+STOCHASTIC_BITS = 32
+
+_ABS64 = (1 << 63) - 1
+
+
+@dataclass
+class RoundingStats:
+    """Counts from rounding calls: how many results were inexact, overflowed, underflowed, invalid."""
+
+    total: int = 0
+    inexact: int = 0
+    overflow: int = 0   # finite input whose rounded magnitude exceeds the format's max
+    underflow: int = 0  # nonzero finite input whose result is zero or subnormal
+    invalid: int = 0    # NaN produced from a non-NaN input, or an infinity the format lacks
+
+    def add(self, other: RoundingStats) -> None:
+        """Add another record's counts into this one."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+_recording = threading.local()
+
+
+@contextmanager
+def record_rounding() -> Iterator[RoundingStats]:
+    """Collect the RoundingStats of every round_to call made inside the block."""
+    stack = _recording.__dict__.setdefault("stack", [])
+    stats = RoundingStats()
+    stack.append(stats)
+    try:
+        yield stats
+    finally:
+        stack.remove(stats)
+
+
+class _Split(NamedTuple):
+    """An exact value as sign, exponent and n = floor(|x| / quantum), plus the remainder's place."""
+
+    neg: np.ndarray      # sign bit of the input
+    xexp: np.ndarray     # exponent of |x| (floor(log2|x|)); very small for zero
+    n: np.ndarray        # int64, floor(|x| / 2**q), q = max(xexp, emin) - fraction_bits
+    inexact: np.ndarray  # remainder != 0
+    above: np.ndarray    # remainder > half an ulp
+    tie: np.ndarray      # remainder == half an ulp
+    frac32: np.ndarray | None  # floor(remainder * 2**32 / ulp), for stochastic rounding
+
+
+def _split_float64(x: np.ndarray, fmt: Format, want_frac: bool) -> _Split:
+    """Split float64 values exactly with integer operations on their bit patterns."""
+    i = x.view(np.int64)
+    a = i & _ABS64
+    ef = a >> 52
+    e1 = np.maximum(ef, 1)
+    sig = a - ((e1 - 1) << 52)  # |x| = sig * 2**(e1 - 1075), sig < 2**53
+    # the quantum is 2**q with q = max(ef - 1023, emin) - m: sig loses `shift` bits
+    shift = np.maximum(fmt.min_exponent + 1023 - e1, 0) + (52 - fmt.fraction_bits)
+    sh = np.minimum(shift, 62)
+    n = sig >> sh
+    rem = sig - (n << sh)
+    half = (np.int64(1) << sh) >> 1
+    inexact = rem != 0
+    frac32 = None
+    if want_frac:
+        frac32 = np.where(shift <= 32, rem << np.maximum(32 - shift, 0),
+                          rem >> np.minimum(np.maximum(shift - 32, 0), 62))
+    # subnormal inputs get xexp = -1023, below the normal range of every format
+    return _Split(i < 0, ef - 1023, n, inexact, rem > half, inexact & (rem == half), frac32)
+
+
+def _floor_pair(ah: np.ndarray, al: np.ndarray, q: np.ndarray):
+    """floor((ah + al) / 2**q) as float64 and the remainder's place, for |al| <= ulp(ah)/2."""
+    rh = np.ldexp(ah, -q)
+    n0 = np.floor(rh)
+    t = rh - n0                # exact; a multiple of g = ulp(ah)/2**q, and g > |al|/2**q
+    rl = np.ldexp(al, -q)      # only compared with +-1/2 and -1, so underflow is harmless
+    pos, negl, t0 = al > 0, al < 0, t == 0
+    borrow = t0 & negl         # exact value just below n0: floor is n0 - 1, remainder 1 + rl
+    above = (t > 0.5) | ((t == 0.5) & pos) | (borrow & (rl > -0.5))
+    tie = ((t == 0.5) & (al == 0)) | (t0 & pos & (rl == 0.5)) | (borrow & (rl == -0.5))
+    exact = (t0 & (al == 0)) | (borrow & (rl == -1.0))
+    return n0 - borrow, ~exact, above, tie
+
+
+def _split_pair(hi: np.ndarray, lo: np.ndarray, fmt: Format, want_frac: bool) -> _Split:
+    """Split the exact values hi + lo (double-double) with error-free float64 operations."""
+    s = hi + lo
+    bb = s - hi
+    err = (hi - (s - bb)) + (lo - bb)  # TwoSum (Knuth): s + err == hi + lo exactly
+    finite = np.isfinite(s)
+    hi = np.where(finite, s, hi)
+    lo = np.where(finite, err, 0.0)
+    neg = np.signbit(hi)
+    ah = np.abs(hi)
+    al = np.where(neg, -lo, lo)
+    mant, ex = np.frexp(ah)
+    # |x| lies just below a power of two when ah is one and al < 0
+    xexp = np.where(ah == 0, -1100, ex - 1 - ((mant == 0.5) & (al < 0))).astype(np.int64)
+    xexp = np.where(finite, xexp, 0)
+    ah = np.where(finite, ah, 0.0)
+    q = np.maximum(xexp, fmt.min_exponent) - fmt.fraction_bits
+    n, inexact, above, tie = _floor_pair(ah, al, q)
+    frac32 = None
+    if want_frac:
+        fine = _floor_pair(ah, al, q - 32)[0]
+        frac32 = (fine - np.ldexp(n, 32)).astype(np.int64)  # exact: an integer below 2**32
+    return _Split(neg, xexp, n.astype(np.int64), inexact, above, tie, frac32)
+
+
+def _increment(s: _Split, mode: str, k: np.ndarray | None) -> np.ndarray:
+    """Whether each value rounds away from zero (n + 1) under the mode."""
+    odd = (s.n & 1).astype(bool)
+    if mode == "nearest_even":
+        return s.above | (s.tie & odd)
+    if mode == "nearest_away":
+        return s.above | s.tie
+    if mode == "toward_zero":
+        return np.zeros_like(s.inexact)
+    if mode == "up":
+        return s.inexact & ~s.neg
+    if mode == "down":
+        return s.inexact & s.neg
+    if mode == "odd":
+        return s.inexact & ~odd
+    return k < s.frac32
+
+
+def _nan_code(fmt: Format) -> int:
+    if fmt.nan == "ieee":
+        return ((2 ** fmt.exponent_bits - 1) << fmt.fraction_bits) | (1 << (fmt.fraction_bits - 1))
+    if fmt.nan == "fn":
+        return ((2 ** fmt.exponent_bits - 1) << fmt.fraction_bits) | (2 ** fmt.fraction_bits - 1)
+    return 0  # fnuz: the NaN is the pattern of negative zero, sign bit set below
+
+
+def _encode(hi: np.ndarray, lo: np.ndarray | None, fmt: Format, mode: str,
+            k: np.ndarray | None, saturate: bool, subnormals: bool,
+            targets: list[RoundingStats]) -> np.ndarray:
+    """Bit patterns (int64, sign included) of the correctly rounded exact values hi (+ lo)."""
+    special_src = hi if lo is None else hi + lo
+    want_frac = mode == "stochastic"
+    s = (_split_float64(hi, fmt, want_frac) if lo is None
+         else _split_pair(hi, lo, fmt, want_frac))
+    n = s.n + _increment(s, mode, k)
+    emin, m = fmt.min_exponent, fmt.fraction_bits
+    code = ((np.maximum(s.xexp, emin) - emin) << m) + n
+    is_nan = np.isnan(special_src)
+    is_inf = np.isinf(special_src)
+    finite = ~(is_nan | is_inf)
+    if is_nan.any() and not fmt.has_nan:
+        raise ValueError(f"{fmt.name} has no NaN encoding but the input holds "
+                         f"{int(is_nan.sum())} NaN value(s)")
+    flush = finite & (s.xexp < emin) if not (subnormals and fmt.subnormals) else None
+    if flush is not None:
+        code = np.where(flush, 0, code)
+    overflow = finite & (code > fmt.max_code)
+    to_inf = {"up": ~s.neg, "down": s.neg, "toward_zero": False, "odd": False}.get(mode, True)
+    big = overflow & to_inf | is_inf  # where IEEE 754 would return an infinity
+    inf_code = fmt.max_code + 1 if fmt.infinities else _nan_code(fmt) if fmt.has_nan else fmt.max_code
+    code = np.where(overflow, fmt.max_code, code)
+    if not saturate:
+        code = np.where(big, inf_code, code)
+    else:
+        code = np.where(is_inf, fmt.max_code, code)
+    code = np.where(is_nan, _nan_code(fmt), code)
+    signed = s.neg.copy()
+    if fmt.nan == "fnuz":
+        nan_out = is_nan | (big & (not saturate))
+        signed = np.where(nan_out, True, signed & (code != 0))
+    if targets:
+        nonzero = finite & (special_src != 0)
+        flushed = nonzero & flush if flush is not None else False
+        no_inf = not fmt.infinities
+        rec = RoundingStats(*(int(np.count_nonzero(c)) for c in (
+            np.ones(code.shape, bool),
+            finite & (s.inexact | overflow | flushed),
+            overflow,
+            nonzero & (code < (1 << m)),
+            is_inf & no_inf | overflow & to_inf & (no_inf and fmt.has_nan and not saturate))))
+        for target in targets:
+            target.add(rec)
+    return code | (signed.astype(np.int64) << (fmt.bits - 1))
+
+
+def _decode(codes: np.ndarray, fmt: Format) -> np.ndarray:
+    """Exact float64 values of int64 bit patterns of fmt."""
+    e, m = fmt.exponent_bits, fmt.fraction_bits
+    sign = ((codes >> (fmt.bits - 1)) & 1).astype(bool)
+    ef = (codes >> m) & (2 ** e - 1)
+    mf = codes & (2 ** m - 1)
+    with np.errstate(over="ignore"):  # the top exponent field: replaced by inf/NaN below
+        val = np.ldexp((mf + (ef > 0) * (1 << m)).astype(np.float64),
+                         np.maximum(ef, 1) - fmt.bias - m)
+    top = ef == 2 ** e - 1
+    if fmt.nan == "ieee":
+        val = np.where(top, np.where(mf == 0, np.inf, np.nan), val)
+    elif fmt.nan == "fn":
+        val = np.where(top & (mf == 2 ** m - 1), np.nan, val)
+    elif fmt.nan == "fnuz":
+        val = np.where(sign & (ef == 0) & (mf == 0), np.nan, val)
+    return np.where(sign, -val, val)
+
+
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _store(codes: np.ndarray, fmt: Format) -> np.ndarray:
+    """The storage array holding the values whose bit patterns are codes."""
+    if fmt.native:
+        return codes.astype(_UINT[fmt.storage.itemsize]).view(fmt.storage)
+    return _decode(codes, fmt).astype(fmt.storage)
+
+
+def to_float64(x) -> np.ndarray:
+    """Exact float64 copy of an array of any floating storage dtype (or small integers)."""
+    a = np.asarray(x)
+    if a.dtype == np.float64:
+        return a
+    if a.dtype.kind in "iub":
+        out = a.astype(np.float64)
+        if not np.array_equal(out.astype(a.dtype), a) or a.dtype.kind != "b" and np.any(
+                np.abs(out) > 2.0 ** 53):
+            raise ValueError("integers beyond 2**53 are not exact in float64; "
+                             "pass them as a (hi, lo) double-double pair")
+        return out
+    if a.dtype.kind == "f" and a.dtype.itemsize <= 8 or a.dtype in _ML_FLOATS:
+        with np.errstate(invalid="ignore"):  # signalling NaNs stay NaN
+            return a.astype(np.float64)
+    raise TypeError(f"cannot take exact values from dtype {a.dtype}: use a float64/float32/"
+                    "float16 or ml_dtypes array, or a (hi, lo) float64 pair")
+
+
+_ML_FLOATS = {np.dtype(getattr(ml_dtypes, n)) for n in dir(ml_dtypes)
+              if n.startswith(("float", "bfloat"))}
+
+
+def _cast_nearest_even(a: np.ndarray, fmt: Format) -> np.ndarray | None:
+    """round_to(a, fmt) done by NumPy/ml_dtypes casts where they are exact, else None."""
+    if not fmt.native:
+        return None
+    from .formats import _BY_DTYPE
+    src = _BY_DTYPE.get(a.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if (a.dtype, fmt.storage) in _ASTYPE_CORRECTLY_ROUNDED or (
+                src is not None and _contains(fmt, src)):
+            out = a.astype(fmt.storage)
+        elif a.dtype == np.float64 and (np.dtype(np.float32), fmt.storage) in _ASTYPE_CORRECTLY_ROUNDED:
+            out = _round_odd_float32(a).astype(fmt.storage)
+        else:
+            return None
+    nan = np.isnan(a)
+    if nan.any():  # NaN payloads: use the format's own NaN, keeping the sign
+        out[nan] = _store(_encode(to_float64(a[nan]), None, fmt, "nearest_even", None, False,
+                                  True, []), fmt)
+    return out
+
+
+def _round_odd_float32(x: np.ndarray) -> np.ndarray:
+    """float64 -> float32 rounded to odd: truncate, then set the last bit if inexact.
+
+    Rounding to odd at precision >= p + 2 and then to nearest at precision p rounds once
+    (Boldo & Melquiond 2008, "Emulation of FMA and correctly rounded sums: proved
+    algorithms using rounding to odd", Thm. 1); float32 is >= 14 bits finer than each
+    target this is used for, in their subnormal ranges too.
+    """
+    y = x.astype(np.float32)
+    back = y.astype(np.float64)
+    bits = y.view(np.int32)
+    bits -= np.abs(back) > np.abs(x)  # one step toward zero where nearest went away from it
+    bits |= back != x
+    return y
+
+
+def _contains(big: Format, small: Format) -> bool:
+    """Whether every value of small (inf included) is a value of big."""
+    return (big.precision >= small.precision and big.max >= small.max
+            and big.smallest_subnormal <= small.smallest_subnormal
+            and (big.infinities or not small.infinities)
+            and (big.signed_zero or not small.signed_zero))
+
+
+# Conversions whose NumPy/ml_dtypes cast is correctly rounded (nearest even) for every
+# non-NaN input: checked over all 2**32 float32 bit patterns in tests/test_fastpath.py.
+_ASTYPE_CORRECTLY_ROUNDED = {
+    (np.dtype(np.float32), np.dtype(d))
+    for d in (np.float16, ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2)}
+
+
+CHUNK = 1 << 14  # elements rounded at a time: keeps temporaries in cache and memory O(1)
+
+
+def round_to(x, fmt: Format | str, mode: str = "nearest_even", *, rng=None,
+             saturate: bool = False, subnormals: bool = True,
+             stats: RoundingStats | None = None) -> np.ndarray:
+    """Round exact values (an array, or a (hi, lo) pair meaning hi + lo) to fmt, once.
+
+    Returns an array of fmt's storage dtype. See docs/formats-and-rounding.md.
+    """
+    fmt = as_format(fmt)
+    if mode not in MODES:
+        raise ValueError(f"unknown rounding mode {mode!r}; valid modes: {', '.join(MODES)}")
+    targets = ([stats] if stats is not None else []) + getattr(_recording, "stack", [])
+    if isinstance(x, tuple):
+        if len(x) != 2:
+            raise ValueError("a double-double input is a pair (hi, lo)")
+        hi, lo = np.broadcast_arrays(to_float64(x[0]), to_float64(x[1]))
+    else:
+        hi, lo = np.asarray(x), None
+        to_float64(hi.ravel()[:0])  # reject dtypes without exact float64 values early
+        if mode == "nearest_even" and not saturate and subnormals and not targets:
+            out = _cast_nearest_even(hi, fmt)
+            if out is not None:
+                return out
+    shape = hi.shape
+    hi = hi.ravel()
+    lo = None if lo is None else lo.ravel()
+    k = None
+    if mode == "stochastic":
+        raw = _rng.generator(rng).bit_generator.random_raw((hi.size + 1) // 2)
+        k = raw.astype("<u8").view("<u4")[:hi.size]
+    out = np.empty(hi.size, fmt.storage)
+    for a in range(0, hi.size, CHUNK):
+        b = a + CHUNK
+        codes = _encode(to_float64(hi[a:b]), None if lo is None else lo[a:b], fmt, mode,
+                        None if k is None else k[a:b], saturate, subnormals, targets)
+        out[a:b] = _store(codes, fmt)
+    return out.reshape(shape)

@@ -1,0 +1,65 @@
+"""The cast shortcuts of round_to give exactly the bits of its integer algorithm.
+
+round_to takes NumPy/ml_dtypes casts for nearest-even rounding where they are exact:
+float32 sources cast directly, float64 sources through float32 rounded to odd. The integer
+algorithm (itself checked against MPFR in test_rounding.py) runs when statistics are
+requested, so comparing the two runs shows the shortcut exact: over all 2**32 float32 bit
+patterns (slow), and over float64 values built to sit on and next to every rounding boundary.
+"""
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import mpgrad
+from mpgrad.rounding import _ASTYPE_CORRECTLY_ROUNDED, RoundingStats
+
+TARGETS = [mpgrad.as_format(d) for _, d in sorted(_ASTYPE_CORRECTLY_ROUNDED, key=str)]
+
+
+def both_paths(x, fmt):
+    fast = mpgrad.round_to(x, fmt)
+    slow = mpgrad.round_to(x, fmt, stats=RoundingStats())  # statistics force the integer path
+    return fast, slow
+
+
+def same_bits(a, b):
+    width = {1: np.uint8, 2: np.uint16}[a.dtype.itemsize]
+    return np.array_equal(a.view(width), b.view(width))
+
+
+@pytest.mark.parametrize("fmt", TARGETS, ids=lambda f: f.name)
+def test_float64_shortcut_on_boundaries(fmt):
+    """float64 on, just inside and just outside every midpoint of fmt, and random bits."""
+    values = mpgrad.from_bits(np.arange(2 ** fmt.bits), fmt).astype(np.float64)
+    values = np.unique(values[np.isfinite(values)])
+    mids = (values[1:] + values[:-1]) / 2  # exact: midpoints of close floats
+    tiny = np.ldexp(np.abs(mids), -52)
+    x = np.concatenate([values, mids, mids + tiny, mids - tiny, mids + tiny / 2 ** 20,
+                        [fmt.max * 2, -fmt.max * 2, np.inf, -np.inf, np.nan, 1e300, 2.0 ** -1074]])
+    rng = np.random.default_rng(7)
+    x = np.concatenate([x, -x, rng.integers(0, 2 ** 64, 200_000, dtype=np.uint64).view(np.float64)])
+    fast, slow = both_paths(x, fmt)
+    assert fast.dtype == slow.dtype == fmt.storage
+    assert same_bits(fast, slow)
+
+
+def test_float64_to_bfloat16_double_rounding_trap():
+    """ml_dtypes casts float64 through float32 and double-rounds; the shortcut must not."""
+    x = np.array([1 + 2.0 ** -8 + 2.0 ** -30])
+    assert x.astype(ml_dtypes.bfloat16).astype(np.float64)[0] == 1.0
+    assert mpgrad.round_to(x, "bf16").astype(np.float64)[0] == 1.0078125
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", TARGETS, ids=lambda f: f.name)
+def test_float32_shortcut_all_bit_patterns(fmt):
+    """Every float32 bit pattern: the direct cast equals the integer algorithm bit for bit."""
+    step = 1 << 24
+    for start in range(0, 1 << 32, step):
+        x = np.arange(start, start + step, dtype=np.uint32).view(np.float32)
+        fast, slow = both_paths(x, fmt)
+        if not same_bits(fast, slow):
+            bad = np.flatnonzero(fast.view(np.uint8 if fmt.bits <= 8 else np.uint16)
+                                 != slow.view(np.uint8 if fmt.bits <= 8 else np.uint16))
+            pytest.fail(f"{len(bad)} mismatches, first float32 {x[bad[0]]!r}")
