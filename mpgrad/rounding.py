@@ -75,67 +75,82 @@ class _Split(NamedTuple):
     above: np.ndarray    # remainder > half an ulp
     tie: np.ndarray      # remainder == half an ulp
     frac32: np.ndarray | None  # floor(remainder * 2**32 / ulp), for stochastic rounding
+    special: np.ndarray  # float64: the input where it is inf or NaN (finite entries: anything)
+
+
+def _pow2(e: np.ndarray) -> np.ndarray:
+    """2.0**e for integer arrays -1022 <= e <= 1023, built from the bit pattern."""
+    return ((e + 1023) << 52).view(np.float64)
 
 
 def _split_float64(x: np.ndarray, fmt: Format, want_frac: bool) -> _Split:
-    """Split float64 values exactly with integer operations on their bit patterns."""
+    """Split float64 values exactly: scale by a power of two, then floor."""
     i = x.view(np.int64)
     a = i & _ABS64
-    ef = a >> 52
-    e1 = np.maximum(ef, 1)
-    sig = a - ((e1 - 1) << 52)  # |x| = sig * 2**(e1 - 1075), sig < 2**53
-    # the quantum is 2**q with q = max(ef - 1023, emin) - m: sig loses `shift` bits
-    shift = np.maximum(fmt.min_exponent + 1023 - e1, 0) + (52 - fmt.fraction_bits)
-    sh = np.minimum(shift, 62)
-    n = sig >> sh
-    rem = sig - (n << sh)
-    half = (np.int64(1) << sh) >> 1
-    inexact = rem != 0
-    frac32 = None
-    if want_frac:
-        frac32 = np.where(shift <= 32, rem << np.maximum(32 - shift, 0),
-                          rem >> np.minimum(np.maximum(shift - 32, 0), 62))
-    # subnormal inputs get xexp = -1023, below the normal range of every format
-    return _Split(i < 0, ef - 1023, n, inexact, rem > half, inexact & (rem == half), frac32)
+    xexp = (a >> 52) - 1023  # floor(log2|x|) for normal x; subnormal x and 0 get -1023
+    if fmt.min_exponent < -1022:  # a format reaching below float64's normals: exact exponents
+        xexp = np.where(a == 0, -1100, np.where(xexp == -1023, np.frexp(x)[1] - 1, xexp))
+    # r = |x| / 2**q with q = max(xexp, emin) - m, in two exact power-of-two steps
+    minus_q = fmt.fraction_bits - np.maximum(xexp, fmt.min_exponent)
+    half = minus_q >> 1
+    with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN: replaced later
+        r = a.view(np.float64) * _pow2(minus_q - half) * _pow2(half)
+        n = np.floor(r)
+        t = r - n  # exact: r < 2**(m + 1) <= 2**53
+        frac32 = np.floor(t * 2.0 ** 32).astype(np.int64) if want_frac else None
+        n = n.astype(np.int64)
+    return _Split(i < 0, xexp, n, t != 0, t > 0.5, t == 0.5, frac32, x)
 
 
-def _floor_pair(ah: np.ndarray, al: np.ndarray, q: np.ndarray):
-    """floor((ah + al) / 2**q) as float64 and the remainder's place, for |al| <= ulp(ah)/2."""
+def _floor_pair(ah: np.ndarray, al: np.ndarray, q: np.ndarray, want_frac: bool):
+    """floor((ah + al) / 2**q) and the remainder's place, for |al| <= ulp(ah)/2.
+
+    All steps are exact: rh = ah / 2**q, n0 = floor(rh) and t = rh - n0 are exact float64
+    operations; t is a multiple of g = ulp(ah) / 2**q and |rl| = |al| / 2**q <= g / 2, so
+    rl decides only where t is 0 or 1/2. rl is compared with +-1/2 and -1 only, and is
+    corrected by the sign of al where it underflows, so its underflow is harmless.
+    """
     rh = np.ldexp(ah, -q)
     n0 = np.floor(rh)
-    t = rh - n0                # exact; a multiple of g = ulp(ah)/2**q, and g > |al|/2**q
-    rl = np.ldexp(al, -q)      # only compared with +-1/2 and -1, so underflow is harmless
+    t = rh - n0
+    rl = np.ldexp(al, -q)
     pos, negl, t0 = al > 0, al < 0, t == 0
     borrow = t0 & negl         # exact value just below n0: floor is n0 - 1, remainder 1 + rl
     above = (t > 0.5) | ((t == 0.5) & pos) | (borrow & (rl > -0.5))
     tie = ((t == 0.5) & (al == 0)) | (t0 & pos & (rl == 0.5)) | (borrow & (rl == -0.5))
     exact = (t0 & (al == 0)) | (borrow & (rl == -1.0))
-    return n0 - borrow, ~exact, above, tie
+    frac32 = None
+    if want_frac:  # floor(remainder * 2**32): t * 2**32 is exact, rl matters where it is whole
+        big_t = np.ldexp(t, 32)
+        floor_rl = np.floor(np.ldexp(rl, 32))
+        floor_rl = np.where(negl, np.minimum(floor_rl, -1.0), floor_rl)
+        whole = big_t == np.floor(big_t)
+        frac32 = (np.floor(big_t) + np.where(whole, floor_rl, 0.0)
+                  + np.where(borrow, 2.0 ** 32, 0.0)).astype(np.int64)
+    return n0 - borrow, ~exact, above, tie, frac32
 
 
 def _split_pair(hi: np.ndarray, lo: np.ndarray, fmt: Format, want_frac: bool) -> _Split:
     """Split the exact values hi + lo (double-double) with error-free float64 operations."""
+    finite = np.isfinite(hi) & np.isfinite(lo)
+    with np.errstate(over="ignore", invalid="ignore"):
+        special = np.where(finite, 0.0, hi + lo)
+        # halve pairs whose float64 sum overflows (the halving is exact: both are large)
+        k = (finite & ~np.isfinite(hi + lo)).astype(np.int64)
+    hi = np.where(finite, np.ldexp(hi, -k), 0.0)
+    lo = np.where(finite, np.ldexp(lo, -k), 0.0)
     s = hi + lo
     bb = s - hi
     err = (hi - (s - bb)) + (lo - bb)  # TwoSum (Knuth): s + err == hi + lo exactly
-    finite = np.isfinite(s)
-    hi = np.where(finite, s, hi)
-    lo = np.where(finite, err, 0.0)
-    neg = np.signbit(hi)
-    ah = np.abs(hi)
-    al = np.where(neg, -lo, lo)
+    neg = np.signbit(np.where(finite, s, special))
+    ah = np.abs(s)
+    al = np.where(neg, -err, err)
     mant, ex = np.frexp(ah)
     # |x| lies just below a power of two when ah is one and al < 0
-    xexp = np.where(ah == 0, -1100, ex - 1 - ((mant == 0.5) & (al < 0))).astype(np.int64)
-    xexp = np.where(finite, xexp, 0)
-    ah = np.where(finite, ah, 0.0)
+    xexp = np.where(ah == 0, -1100, ex - 1 - ((mant == 0.5) & (al < 0)) + k)
     q = np.maximum(xexp, fmt.min_exponent) - fmt.fraction_bits
-    n, inexact, above, tie = _floor_pair(ah, al, q)
-    frac32 = None
-    if want_frac:
-        fine = _floor_pair(ah, al, q - 32)[0]
-        frac32 = (fine - np.ldexp(n, 32)).astype(np.int64)  # exact: an integer below 2**32
-    return _Split(neg, xexp, n.astype(np.int64), inexact, above, tie, frac32)
+    n, inexact, above, tie, frac32 = _floor_pair(ah, al, q - k, want_frac)
+    return _Split(neg, xexp, n.astype(np.int64), inexact, above, tie, frac32, special)
 
 
 def _increment(s: _Split, mode: str, k: np.ndarray | None) -> np.ndarray:
@@ -168,46 +183,36 @@ def _encode(hi: np.ndarray, lo: np.ndarray | None, fmt: Format, mode: str,
             k: np.ndarray | None, saturate: bool, subnormals: bool,
             targets: list[RoundingStats]) -> np.ndarray:
     """Bit patterns (int64, sign included) of the correctly rounded exact values hi (+ lo)."""
-    special_src = hi if lo is None else hi + lo
     want_frac = mode == "stochastic"
     s = (_split_float64(hi, fmt, want_frac) if lo is None
          else _split_pair(hi, lo, fmt, want_frac))
-    n = s.n + _increment(s, mode, k)
-    emin, m = fmt.min_exponent, fmt.fraction_bits
-    code = ((np.maximum(s.xexp, emin) - emin) << m) + n
-    is_nan = np.isnan(special_src)
-    is_inf = np.isinf(special_src)
+    is_nan, is_inf = np.isnan(s.special), np.isinf(s.special)
     finite = ~(is_nan | is_inf)
-    if is_nan.any() and not fmt.has_nan:
+    if not fmt.has_nan and is_nan.any():
         raise ValueError(f"{fmt.name} has no NaN encoding but the input holds "
                          f"{int(is_nan.sum())} NaN value(s)")
-    flush = finite & (s.xexp < emin) if not (subnormals and fmt.subnormals) else None
-    if flush is not None:
-        code = np.where(flush, 0, code)
+    emin, m = fmt.min_exponent, fmt.fraction_bits
+    code = ((np.maximum(s.xexp, emin) - emin) << m) + s.n + _increment(s, mode, k)
+    flush = finite & (s.xexp < emin) & ~(subnormals and fmt.subnormals)
+    code = np.where(flush, 0, code)
     overflow = finite & (code > fmt.max_code)
     to_inf = {"up": ~s.neg, "down": s.neg, "toward_zero": False, "odd": False}.get(mode, True)
-    big = overflow & to_inf | is_inf  # where IEEE 754 would return an infinity
-    inf_code = fmt.max_code + 1 if fmt.infinities else _nan_code(fmt) if fmt.has_nan else fmt.max_code
-    code = np.where(overflow, fmt.max_code, code)
-    if not saturate:
-        code = np.where(big, inf_code, code)
-    else:
-        code = np.where(is_inf, fmt.max_code, code)
-    code = np.where(is_nan, _nan_code(fmt), code)
-    signed = s.neg.copy()
-    if fmt.nan == "fnuz":
-        nan_out = is_nan | (big & (not saturate))
-        signed = np.where(nan_out, True, signed & (code != 0))
+    big = (overflow & to_inf | is_inf) & (not saturate)  # where the result is IEEE's infinity
+    nan_out = is_nan | big & (fmt.nan in ("fn", "fnuz"))
+    code = np.where(overflow | is_inf, fmt.max_code, code)  # saturation, and no-NaN formats
+    code = np.where(big & fmt.infinities, fmt.max_code + 1, code)
+    code = np.where(nan_out, _nan_code(fmt), code)
+    signed = s.neg
+    if fmt.nan == "fnuz":  # no -0; the one NaN is the pattern of -0
+        signed = nan_out | signed & (code != 0)
     if targets:
-        nonzero = finite & (special_src != 0)
-        flushed = nonzero & flush if flush is not None else False
-        no_inf = not fmt.infinities
+        zero_in = (s.n == 0) & ~s.inexact
         rec = RoundingStats(*(int(np.count_nonzero(c)) for c in (
             np.ones(code.shape, bool),
-            finite & (s.inexact | overflow | flushed),
+            finite & (s.inexact | overflow | flush & ~zero_in),
             overflow,
-            nonzero & (code < (1 << m)),
-            is_inf & no_inf | overflow & to_inf & (no_inf and fmt.has_nan and not saturate))))
+            finite & ~zero_in & ~nan_out & (code < (1 << m)),
+            is_inf & (not fmt.infinities) | overflow & nan_out)))
         for target in targets:
             target.add(rec)
     return code | (signed.astype(np.int64) << (fmt.bits - 1))
@@ -317,7 +322,7 @@ _ASTYPE_CORRECTLY_ROUNDED = {
     for d in (np.float16, ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2)}
 
 
-CHUNK = 1 << 14  # elements rounded at a time: keeps temporaries in cache and memory O(1)
+CHUNK = 1 << 15  # elements rounded at a time: keeps temporaries in cache and memory O(1)
 
 
 def round_to(x, fmt: Format | str, mode: str = "nearest_even", *, rng=None,
