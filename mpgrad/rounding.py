@@ -270,25 +270,18 @@ _ML_FLOATS = {np.dtype(getattr(ml_dtypes, n)) for n in dir(ml_dtypes)
               if n.startswith(("float", "bfloat"))}
 
 
-def _cast_nearest_even(a: np.ndarray, fmt: Format) -> np.ndarray | None:
-    """round_to(a, fmt) done by NumPy/ml_dtypes casts where they are exact, else None."""
+def _nearest_even_cast(dtype: np.dtype, fmt: Format):
+    """(cast, chunk) with cast equal to round_to(., fmt) on non-NaN arrays of dtype, or None."""
     if not fmt.native:
         return None
     from .formats import _BY_DTYPE
-    src = _BY_DTYPE.get(a.dtype)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if (a.dtype, fmt.storage) in _ASTYPE_CORRECTLY_ROUNDED or (
-                src is not None and _contains(fmt, src)):
-            out = a.astype(fmt.storage)
-        elif a.dtype == np.float64 and (np.dtype(np.float32), fmt.storage) in _ASTYPE_CORRECTLY_ROUNDED:
-            out = _round_odd_float32(a).astype(fmt.storage)
-        else:
-            return None
-    nan = np.isnan(a)
-    if nan.any():  # NaN payloads: use the format's own NaN, keeping the sign
-        out[nan] = _store(_encode(to_float64(a[nan]), None, fmt, "nearest_even", None, False,
-                                  True, []), fmt)
-    return out
+    src = _BY_DTYPE.get(dtype)
+    if (dtype, fmt.storage) in _ASTYPE_CORRECTLY_ROUNDED or (
+            src is not None and _contains(fmt, src)):
+        return (lambda a: a.astype(fmt.storage)), None  # allocates only its result
+    if dtype == np.float64 and (np.dtype(np.float32), fmt.storage) in _ASTYPE_CORRECTLY_ROUNDED:
+        return (lambda a: _round_odd_float32(a).astype(fmt.storage)), 16 * CHUNK
+    return None
 
 
 def _round_odd_float32(x: np.ndarray) -> np.ndarray:
@@ -325,6 +318,22 @@ _ASTYPE_CORRECTLY_ROUNDED = {
 CHUNK = 1 << 15  # elements rounded at a time: keeps temporaries in cache and memory O(1)
 
 
+def _random_words(gen: np.random.Generator, n: int) -> np.ndarray:
+    """n uniform 32-bit words: the little-endian halves of ceil(n/2) raw 64-bit draws."""
+    return gen.bit_generator.random_raw((n + 1) // 2).astype("<u8").view("<u4")[:n]
+
+
+def _cast_block(a: np.ndarray, cast, fmt: Format) -> np.ndarray:
+    """cast(a), with NaN inputs given the format's own NaN (keeping the sign)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = cast(a)
+    nan = np.isnan(a)
+    if nan.any():
+        out[nan] = _store(_encode(to_float64(a[nan]), None, fmt, "nearest_even", None, False,
+                                  True, []), fmt)
+    return out
+
+
 def round_to(x, fmt: Format | str, mode: str = "nearest_even", *, rng=None,
              saturate: bool = False, subnormals: bool = True,
              stats: RoundingStats | None = None) -> np.ndarray:
@@ -336,28 +345,29 @@ def round_to(x, fmt: Format | str, mode: str = "nearest_even", *, rng=None,
     if mode not in MODES:
         raise ValueError(f"unknown rounding mode {mode!r}; valid modes: {', '.join(MODES)}")
     targets = ([stats] if stats is not None else []) + getattr(_recording, "stack", [])
+    cast, step = None, CHUNK
     if isinstance(x, tuple):
         if len(x) != 2:
             raise ValueError("a double-double input is a pair (hi, lo)")
         hi, lo = np.broadcast_arrays(to_float64(x[0]), to_float64(x[1]))
+        lo = lo.ravel()
     else:
         hi, lo = np.asarray(x), None
         to_float64(hi.ravel()[:0])  # reject dtypes without exact float64 values early
         if mode == "nearest_even" and not saturate and subnormals and not targets:
-            out = _cast_nearest_even(hi, fmt)
-            if out is not None:
-                return out
-    shape = hi.shape
-    hi = hi.ravel()
-    lo = None if lo is None else lo.ravel()
-    k = None
-    if mode == "stochastic":
-        raw = _rng.generator(rng).bit_generator.random_raw((hi.size + 1) // 2)
-        k = raw.astype("<u8").view("<u4")[:hi.size]
+            cast, step = _nearest_even_cast(hi.dtype, fmt) or (None, CHUNK)
+            if cast is not None and step is None:  # a plain cast: nothing to bound
+                return _cast_block(hi, cast, fmt)
+    gen = _rng.generator(rng) if mode == "stochastic" else None
+    shape, hi = hi.shape, hi.ravel()
     out = np.empty(hi.size, fmt.storage)
-    for a in range(0, hi.size, CHUNK):
-        b = a + CHUNK
-        codes = _encode(to_float64(hi[a:b]), None if lo is None else lo[a:b], fmt, mode,
-                        None if k is None else k[a:b], saturate, subnormals, targets)
+    for a in range(0, hi.size, step):  # step is even: the random words do not depend on it
+        b = min(a + step, hi.size)
+        if cast is not None:
+            out[a:b] = _cast_block(hi[a:b], cast, fmt)
+            continue
+        k = None if gen is None else _random_words(gen, b - a)
+        codes = _encode(to_float64(hi[a:b]), None if lo is None else lo[a:b], fmt, mode, k,
+                        saturate, subnormals, targets)
         out[a:b] = _store(codes, fmt)
     return out.reshape(shape)
