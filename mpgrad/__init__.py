@@ -6,6 +6,11 @@ from .formats import (FORMATS, Format, as_format, bfloat16, float4_e2m1fn, float
 from .bits import (Description, describe, from_bits, next_down, next_up, to_bits, ulp,
                    ulp_distance)
 from .rng import manual_seed
+from .autograd import enable_grad, is_grad_enabled, no_grad
+from .policy import Policy, autocast, promote, use_policy
+from .tensor import Tensor, arange, full, ones, rand, randn, tensor, zeros
+from .ops import *  # noqa: F401,F403  (every op as mpgrad.<name>)
+from . import ops
 from .rounding import (MODES, STOCHASTIC_BITS, RoundingStats, record_rounding, round_to,
                        to_float64)
 
@@ -16,4 +21,7 @@ __all__ = [
     "Description", "describe", "from_bits", "next_down", "next_up", "to_bits", "ulp",
     "ulp_distance",
     "MODES", "STOCHASTIC_BITS", "RoundingStats", "record_rounding", "round_to", "to_float64",
+    "enable_grad", "is_grad_enabled", "no_grad", "Policy", "autocast", "promote", "use_policy",
+    "Tensor", "arange", "full", "ones", "rand", "randn", "tensor", "zeros", "ops",
+    *ops.__all__,
 ]

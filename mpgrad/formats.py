@@ -136,6 +136,13 @@ class Format:
         """(exponent_bits, fraction_bits, bias, nan, subnormals): what makes two formats equal."""
         return (self.exponent_bits, self.fraction_bits, self.bias, self.nan, self.subnormals)
 
+    def contains(self, other: Format) -> bool:
+        """Whether every value of other (infinities and -0 included) is a value of self."""
+        return (self.precision >= other.precision and self.max >= other.max
+                and self.smallest_subnormal <= other.smallest_subnormal
+                and (self.infinities or not other.infinities)
+                and (self.signed_zero or not other.signed_zero))
+
     @classmethod
     def custom(cls, exponent_bits: int, fraction_bits: int, *, bias: int | None = None,
                nan: str = "ieee", subnormals: bool = True, name: str | None = None) -> Format:

@@ -277,7 +277,7 @@ def _nearest_even_cast(dtype: np.dtype, fmt: Format):
     from .formats import _BY_DTYPE
     src = _BY_DTYPE.get(dtype)
     if (dtype, fmt.storage) in _ASTYPE_CORRECTLY_ROUNDED or (
-            src is not None and _contains(fmt, src)):
+            src is not None and fmt.contains(src)):
         return (lambda a: a.astype(fmt.storage)), None  # allocates only its result
     if dtype == np.float64 and (np.dtype(np.float32), fmt.storage) in _ASTYPE_CORRECTLY_ROUNDED:
         return (lambda a: _round_odd_float32(a).astype(fmt.storage)), 16 * CHUNK
@@ -298,14 +298,6 @@ def _round_odd_float32(x: np.ndarray) -> np.ndarray:
     bits -= np.abs(back) > np.abs(x)  # one step toward zero where nearest went away from it
     bits |= back != x
     return y
-
-
-def _contains(big: Format, small: Format) -> bool:
-    """Whether every value of small (inf included) is a value of big."""
-    return (big.precision >= small.precision and big.max >= small.max
-            and big.smallest_subnormal <= small.smallest_subnormal
-            and (big.infinities or not small.infinities)
-            and (big.signed_zero or not small.signed_zero))
 
 
 # Conversions whose NumPy/ml_dtypes cast is correctly rounded (nearest even) for every

@@ -1,0 +1,85 @@
+"""Reductions: sum and mean of the exact values, rounded once."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..exact import exact_sum, two_prod, two_sum
+from .core import Op, apply
+from .shape import broadcast_to, reshape
+
+__all__ = ["sum", "mean"]
+
+
+def _axes(ndim: int, axis) -> tuple:
+    """axis (None, an int or a tuple) as a sorted tuple of non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if np.isscalar(axis) else tuple(axis)
+    out = tuple(sorted({int(a) % ndim if ndim else 0 for a in axes}))
+    if any(not -max(ndim, 1) <= int(a) < max(ndim, 1) for a in axes):
+        raise ValueError(f"axis {axis} is out of range for a tensor of {ndim} dimensions")
+    return out
+
+
+def _count(shape: tuple, axes: tuple) -> int:
+    return int(np.prod([shape[a] for a in axes])) if axes else 1
+
+
+def _exact_sum(a: np.ndarray, axes: tuple, keepdims: bool) -> tuple:
+    """The exact sum over axes as a pair: the reduced axes moved last and flattened."""
+    kept = [i for i in range(a.ndim) if i not in axes]
+    flat = np.transpose(a, kept + list(axes)).reshape([a.shape[i] for i in kept] + [-1])
+    hi, lo = exact_sum(flat, axis=-1)
+    shape = tuple(1 if i in axes else n for i, n in enumerate(a.shape)) if keepdims else \
+        tuple(a.shape[i] for i in kept)
+    return hi.reshape(shape), lo.reshape(shape)
+
+
+def _spread(ctx, g):
+    """g broadcast back over the reduced axes of the input."""
+    shape, axes = ctx.inputs[0].shape, ctx.params["axes"]
+    kept = tuple(1 if i in axes else n for i, n in enumerate(shape))
+    return broadcast_to(reshape(g, kept), shape)
+
+
+def _divide_pair(hi: np.ndarray, lo: np.ndarray, n: int) -> tuple:
+    """(hi + lo) / n as a pair that rounds like the exact quotient (to <= 53 bits, any mode).
+
+    q1 = fl(hi / n); the remainder R = hi + lo - q1*n is exact as a pair; q2 = fl(R / n) is
+    made odd when inexact (round to odd, Boldo & Melquiond 2008), so that every rounding
+    boundary of a format of <= 53 bits, an even multiple of ulp(q2), is decided correctly.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        q1 = hi / n
+        p, pe = two_prod(q1, np.float64(n))
+        r, re = two_sum(hi - p, lo)  # hi - p is exact: q1*n is within an ulp of hi
+        r, re = two_sum(r, re - pe)
+        q2 = r / n
+        p2, pe2 = two_prod(q2, np.float64(n))
+        rest = ((r - p2) - pe2) + re  # the sign of R - q2*n
+        odd = (q2.view(np.int64) & 1) == 1
+        nudge = (rest != 0) & ~odd & np.isfinite(q2)
+        q2 = np.where(nudge, np.nextafter(q2, np.where(rest > 0, np.inf, -np.inf)), q2)
+    finite = np.isfinite(q1)
+    return q1, np.where(finite, q2, 0.0)
+
+
+_SUM = Op("sum", lambda c, a, axes, keepdims: _exact_sum(a, axes, keepdims),
+          lambda ctx, g: (_spread(ctx, g),))
+_MEAN = Op("mean", lambda c, a, axes, keepdims: _divide_pair(
+    *_exact_sum(a, axes, keepdims), _count(a.shape, axes)),
+           lambda ctx, g: (_spread(ctx, g / _count(ctx.inputs[0].shape, ctx.params["axes"])),))
+
+
+def sum(a, axis=None, keepdims: bool = False):
+    """The exact sum over axis, rounded once to the compute format."""
+    return apply(_SUM, a, axes=_axes(a.ndim, axis), keepdims=keepdims)
+
+
+def mean(a, axis=None, keepdims: bool = False):
+    """The exact mean over axis (exact sum / count), rounded once to the compute format."""
+    axes = _axes(a.ndim, axis)
+    if _count(a.shape, axes) == 0:
+        raise ValueError("mean of an empty selection")
+    return apply(_MEAN, a, axes=axes, keepdims=keepdims)

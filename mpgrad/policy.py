@@ -1,0 +1,134 @@
+"""Which format each operation computes in: promotion, frozen Policies and autocast."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from .formats import Format, as_format, float32, float64
+
+__all__ = ["Policy", "promote", "autocast", "use_policy", "current_policy", "AUTOCAST_LOWER",
+           "AUTOCAST_FLOAT32", "compute_format"]
+
+
+def promote(*formats: Format) -> Format:
+    """The narrowest of the inputs that holds all their values, else float32, else float64."""
+    for candidate in (*formats, float32, float64):
+        if all(candidate.contains(f) for f in formats):
+            return candidate
+    raise ValueError(f"no built-in format holds every value of {', '.join(f.name for f in formats)}")
+
+
+_KEYS = {"p": "param", "param": "param", "params": "param", "c": "compute",
+         "compute": "compute", "o": "output", "output": "output"}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Formats for parameters, computation and outputs (jmp-style); immutable."""
+
+    param: Format = float32
+    compute: Format = float32
+    output: Format = float32
+    strict: bool = False  # True: an input in another format is an error, not a cast
+
+    def __post_init__(self) -> None:
+        for name in ("param", "compute", "output"):
+            object.__setattr__(self, name, as_format(getattr(self, name)))
+
+    @classmethod
+    def parse(cls, spec: str, *, strict: bool = False) -> Policy:
+        """A Policy from 'p=f32,c=f16,o=f32' (or 'params=float32,compute=bf16,...')."""
+        values = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep or key.strip().lower() not in _KEYS:
+                raise ValueError(f"bad policy item {part!r} in {spec!r}: expected p=, c= or o= "
+                                 "followed by a format name, e.g. 'p=f32,c=f16,o=f32'")
+            values[_KEYS[key.strip().lower()]] = as_format(value.strip())
+        return cls(**values, strict=strict)
+
+    def __str__(self) -> str:
+        return f"p={self.param.name},c={self.compute.name},o={self.output.name}"
+
+    def cast_to_param(self, x):
+        """x rounded to the parameter format."""
+        from .ops import cast
+        return cast(x, self.param)
+
+    def cast_to_compute(self, x):
+        """x rounded to the compute format."""
+        from .ops import cast
+        return cast(x, self.compute)
+
+    def cast_to_output(self, x):
+        """x rounded to the output format."""
+        from .ops import cast
+        return cast(x, self.output)
+
+
+# torch.autocast's CUDA lists (aten/src/ATen/autocast_mode.cpp), as data: see docs/autograd.md.
+AUTOCAST_LOWER = frozenset({"matmul", "linear", "bmm", "mm"})
+AUTOCAST_FLOAT32 = frozenset({
+    "exp", "log", "pow", "softplus", "softmax", "log_softmax", "layer_norm", "sum", "mean",
+    "mse_loss", "cross_entropy", "nll_loss"})
+
+
+@dataclass(frozen=True)
+class _Autocast:
+    dtype: Format
+    lower: frozenset = field(default=AUTOCAST_LOWER)
+    float32_ops: frozenset = field(default=AUTOCAST_FLOAT32)
+
+
+_state = threading.local()
+
+
+def current_policy() -> Policy | _Autocast | None:
+    """The innermost active Policy or autocast, or None."""
+    stack = getattr(_state, "stack", [])
+    return stack[-1] if stack else None
+
+
+@contextmanager
+def _pushed(item) -> Iterator:
+    stack = _state.__dict__.setdefault("stack", [])
+    stack.append(item)
+    try:
+        yield item
+    finally:
+        stack.pop()
+
+
+def use_policy(policy: Policy | str) -> contextmanager:
+    """Run every operation in the block in policy.compute (a Policy or 'p=..,c=..,o=..')."""
+    return _pushed(Policy.parse(policy) if isinstance(policy, str) else policy)
+
+
+def autocast(dtype: Format | str = "float16", *, enabled: bool = True,
+             lower: frozenset | set | None = None, float32_ops: frozenset | set | None = None):
+    """Like torch.autocast: matmul-like ops in dtype, sensitive ops in float32, others promote."""
+    item = None if not enabled else _Autocast(
+        as_format(dtype), frozenset(AUTOCAST_LOWER if lower is None else lower),
+        frozenset(AUTOCAST_FLOAT32 if float32_ops is None else float32_ops))
+    return _pushed(item)
+
+
+def compute_format(op: str, formats: list[Format]) -> Format:
+    """The format op computes in, given its inputs' formats and the active policy."""
+    active = current_policy()
+    if isinstance(active, Policy):
+        if active.strict and any(f != active.compute for f in formats):
+            names = ", ".join(sorted({f.name for f in formats}))
+            raise TypeError(f"{op}: inputs in {names} under strict policy {active} (compute "
+                            f"{active.compute.name}); cast them first with "
+                            f"mpgrad.cast(x, {active.compute.name!r})")
+        return active.compute
+    if isinstance(active, _Autocast):
+        if op in active.lower:
+            return active.dtype
+        if op in active.float32_ops:
+            return promote(float32, *formats)
+    return promote(*formats)
