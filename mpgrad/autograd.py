@@ -55,20 +55,27 @@ class Node:
 
 
 def _topological(root: Tensor) -> list[Tensor]:
-    """Tensors reachable from root through requires_grad inputs, inputs before users."""
-    order, seen, stack = [], {id(root)}, [(root, False)]
+    """Tensors reachable from root through requires_grad inputs, each after all its inputs."""
+    order, done, stack = [], set(), [(root, False)]
     while stack:
         t, expanded = stack.pop()
         if expanded:
             order.append(t)
             continue
+        if id(t) in done:
+            continue
+        done.add(id(t))
         stack.append((t, True))
         if t._node is not None:
-            for inp in reversed(t._node.inputs):
-                if inp.requires_grad and id(inp) not in seen:
-                    seen.add(id(inp))
-                    stack.append((inp, False))
+            stack.extend((inp, False) for inp in reversed(t._node.inputs)
+                         if inp.requires_grad and id(inp) not in done)
     return order
+
+
+def _no_policy():
+    """A block where no policy or autocast applies (gradient bookkeeping)."""
+    from .policy import autocast
+    return autocast(enabled=False)
 
 
 def backward(root: Tensor, grad: Tensor, retain_graph: bool,
@@ -88,11 +95,16 @@ def backward(root: Tensor, grad: Tensor, retain_graph: bool,
             continue
         for hook in t._hooks:
             replaced = hook(g)
-            g = g if replaced is None else replaced
+            if replaced is not None:
+                if tuple(replaced.shape) != tuple(g.shape):
+                    raise RuntimeError(f"hook {hook!r} returned a gradient of shape "
+                                       f"{tuple(replaced.shape)} for a tensor of shape {t.shape}")
+                with no_grad(), _no_policy():
+                    g = to_input(replaced, t)
         node = t._node
         if node is None:  # a leaf: accumulate into .grad in its own format
             if t.requires_grad:
-                with no_grad():
+                with no_grad(), _no_policy():
                     t.grad = g if t.grad is None else accumulate(t.grad, g)
             continue
         if node.freed:
@@ -105,7 +117,7 @@ def backward(root: Tensor, grad: Tensor, retain_graph: bool,
         for inp, gi in zip(node.inputs, vjps):
             if gi is None or not inp.requires_grad:
                 continue
-            with no_grad():
+            with no_grad(), _no_policy():  # gradients are rounded to their inputs' formats
                 gi = to_input(gi, inp)
                 grads[id(inp)] = gi if id(inp) not in grads else accumulate(grads[id(inp)], gi)
         if not retain_graph:

@@ -51,9 +51,10 @@ def two_sum(a, b) -> tuple[np.ndarray, np.ndarray]:
     2**1022); underflow is harmless since float64 addition of subnormals is exact.
     """
     a, b = _f64(a), _f64(b)
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
+    with np.errstate(invalid="ignore"):  # inf/NaN: the low part is meaningless
+        s = a + b
+        bb = s - a
+        return s, (a - (s - bb)) + (b - bb)
 
 
 def _split(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -72,10 +73,11 @@ def two_prod(a, b) -> tuple[np.ndarray, np.ndarray]:
     underflows inexactly). Any a, b of float32's range (subnormals included) qualify.
     """
     a, b = _f64(a), _f64(b)
-    p = a * b
-    ah, al = _split(a)
-    bh, bl = _split(b)
-    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN: the low part is meaningless
+        p = a * b
+        ah, al = _split(a)
+        bh, bl = _split(b)
+        return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
 
 
 def _correction(q: np.ndarray, sign: np.ndarray, approx: np.ndarray) -> np.ndarray:

@@ -142,7 +142,7 @@ def _split_pair(hi: np.ndarray, lo: np.ndarray, fmt: Format, want_frac: bool) ->
     s = hi + lo
     bb = s - hi
     err = (hi - (s - bb)) + (lo - bb)  # TwoSum (Knuth): s + err == hi + lo exactly
-    neg = np.signbit(np.where(finite, s, special))
+    neg = np.signbit(np.where(finite, s, special))  # a zero follows IEEE's rule for hi + lo
     ah = np.abs(s)
     al = np.where(neg, -err, err)
     mant, ex = np.frexp(ah)
@@ -317,9 +317,9 @@ def _random_words(gen: np.random.Generator, n: int) -> np.ndarray:
 
 def _cast_block(a: np.ndarray, cast, fmt: Format) -> np.ndarray:
     """cast(a), with NaN inputs given the format's own NaN (keeping the sign)."""
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):  # signalling NaNs are replaced below
         out = cast(a)
-    nan = np.isnan(a)
+        nan = np.isnan(a)
     if nan.any():
         out[nan] = _store(_encode(to_float64(a[nan]), None, fmt, "nearest_even", None, False,
                                   True, []), fmt)
@@ -331,6 +331,7 @@ def round_to(x, fmt: Format | str, mode: str = "nearest_even", *, rng=None,
              stats: RoundingStats | None = None) -> np.ndarray:
     """Round exact values (an array, or a (hi, lo) pair meaning hi + lo) to fmt, once.
 
+    A pair whose exact value is zero gives the zero that IEEE's hi + lo gives (x + -x = +0).
     Returns an array of fmt's storage dtype. See docs/formats-and-rounding.md.
     """
     fmt = as_format(fmt)

@@ -26,7 +26,7 @@ class Tensor:
                  mode: str = "nearest_even") -> None:
         source = data.data if isinstance(data, Tensor) else np.asarray(data)
         if dtype is None:
-            dtype = data.dtype if isinstance(data, Tensor) else _format_of(source)
+            dtype = data.dtype if isinstance(data, Tensor) else _format_of(data, source)
         fmt = as_format(dtype)
         stored = round_to(source if source.dtype.kind != "O" else source.astype(np.float64),
                           fmt, mode)
@@ -159,9 +159,11 @@ class Tensor:
         return lambda *args, **kwargs: fn(self, *args, **kwargs)
 
 
-def _format_of(array: np.ndarray) -> Format:
-    """The format a NumPy array's values come in: its own dtype's, else the default."""
+def _format_of(data, array: np.ndarray) -> Format:
+    """A NumPy array's or scalar's own format; Python numbers and lists get the default."""
     from .formats import _BY_DTYPE
+    if not isinstance(data, (np.ndarray, np.generic)):
+        return DEFAULT_DTYPE
     return _BY_DTYPE.get(array.dtype, DEFAULT_DTYPE)
 
 
@@ -208,8 +210,9 @@ def randn(*shape, dtype: Format | str = DEFAULT_DTYPE, requires_grad: bool = Fal
 
 def rand(*shape, dtype: Format | str = DEFAULT_DTYPE, requires_grad: bool = False,
          rng=None) -> Tensor:
-    """Uniform [0, 1) samples drawn in float64 from the seeded generator, then rounded."""
-    return Tensor(_rng.generator(rng).random(_shape(shape)), dtype, requires_grad)
+    """Uniform [0, 1) samples drawn in float64, rounded toward zero (so never 1)."""
+    return Tensor(_rng.generator(rng).random(_shape(shape)), dtype, requires_grad,
+                  mode="toward_zero")
 
 
 from . import ops  # noqa: E402  (ops needs Tensor defined)

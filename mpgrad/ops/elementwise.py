@@ -23,8 +23,13 @@ __all__ = ["add", "sub", "mul", "div", "neg", "abs", "sqrt", "exp", "log", "tanh
 
 
 def _pair(hi: np.ndarray, lo: np.ndarray) -> tuple:
-    """An exact pair; where hi is inf or NaN (IEEE's answer already), lo is dropped."""
-    return hi, np.where(np.isfinite(hi), lo, 0.0)
+    """An exact pair whose rounding keeps IEEE's result hi where no rounding is needed.
+
+    Where hi is inf or NaN, lo is dropped; a zero lo takes hi's sign, so that a zero result
+    keeps the sign IEEE gives it (-0 * 1 = -0), hi + lo being rounded as a sum.
+    """
+    lo = np.where(np.isfinite(hi), lo, 0.0)
+    return hi, np.where(lo == 0, np.copysign(0.0, hi), lo)
 
 
 def _elementary(name: str):

@@ -13,7 +13,7 @@ __all__ = ["sum", "mean"]
 
 def _axes(ndim: int, axis) -> tuple:
     """axis (None, an int or a tuple) as a sorted tuple of non-negative axes."""
-    if axis is None:
+    if axis is None or ndim == 0 and axis in (0, -1, (0,), (-1,), ()):
         return tuple(range(ndim))
     axes = (axis,) if np.isscalar(axis) else tuple(axis)
     out = tuple(sorted({int(a) % ndim if ndim else 0 for a in axes}))
@@ -61,15 +61,24 @@ def _divide_pair(hi: np.ndarray, lo: np.ndarray, n: int) -> tuple:
         odd = (q2.view(np.int64) & 1) == 1
         nudge = (rest != 0) & ~odd & np.isfinite(q2)
         q2 = np.where(nudge, np.nextafter(q2, np.where(rest > 0, np.inf, -np.inf)), q2)
-    finite = np.isfinite(q1)
-    return q1, np.where(finite, q2, 0.0)
+    q2 = np.where(np.isfinite(q1), q2, 0.0)
+    return q1, np.where(q2 == 0, np.copysign(0.0, q1), q2)  # -0 / n stays -0
 
 
 _SUM = Op("sum", lambda c, a, axes, keepdims: _exact_sum(a, axes, keepdims),
           lambda ctx, g: (_spread(ctx, g),))
+_DIVIDE_BY_COUNT = Op("divide_by_count", lambda c, a, n: _divide_pair(a, np.zeros_like(a), n),
+                      lambda ctx, g: (divide_by_count(g, ctx.params["_rest"][0]),),
+                      tensor_args=1)
 _MEAN = Op("mean", lambda c, a, axes, keepdims: _divide_pair(
     *_exact_sum(a, axes, keepdims), _count(a.shape, axes)),
-           lambda ctx, g: (_spread(ctx, g / _count(ctx.inputs[0].shape, ctx.params["axes"])),))
+           lambda ctx, g: (_spread(ctx, divide_by_count(
+               g, _count(ctx.inputs[0].shape, ctx.params["axes"]))),))
+
+
+def divide_by_count(a, n: int):
+    """a / n for a positive integer n, rounded once (n is never rounded to the format)."""
+    return apply(_DIVIDE_BY_COUNT, a, int(n))
 
 
 def sum(a, axis=None, keepdims: bool = False):
