@@ -15,26 +15,22 @@ import pytest
 
 import mpgrad
 
-# (precision, MPFR emin, MPFR emax): MPFR writes x = m * 2**E with 0.5 <= m < 1, so float16's
-# smallest subnormal 2**-24 has E = -23 and its largest value 65504 < 2**16 has E = 16.
-MPFR = {"float16": (11, -23, 16), "bfloat16": (8, -132, 128), "float32": (24, -148, 128)}
+try:
+    from .reference import ref_round
+except ImportError:
+    from reference import ref_round
 
 
 def mpfr_round(value, fmt: str) -> float:
-    """value (a Fraction or float, taken exactly) rounded once to fmt, nearest even, by MPFR."""
-    q = Fraction(value)
-    precision, emin, emax = MPFR[fmt]
-    with gmpy2.context(precision=precision, emin=emin, emax=emax, subnormalize=True,
-                       round=gmpy2.RoundToNearest):
-        return float(gmpy2.mpfr(gmpy2.mpq(q.numerator, q.denominator)))
+    """value (exact: a Fraction or a float) rounded once to fmt, nearest even, by MPFR."""
+    return ref_round(Fraction(value), mpgrad.as_format(fmt), "nearest_even")
 
 
 def mpfr_function(name: str, x: float, fmt: str) -> float:
-    """name(x) (gmpy2.exp, gmpy2.log, ...) correctly rounded to fmt by MPFR."""
-    precision, emin, emax = MPFR[fmt]
-    with gmpy2.context(precision=precision, emin=emin, emax=emax, subnormalize=True,
-                       round=gmpy2.RoundToNearest):
-        return float(getattr(gmpy2, name)(gmpy2.mpfr(x, 53)))
+    """name(x) (gmpy2.exp, gmpy2.log, ...) at 200 bits, then rounded to fmt by the reference."""
+    with gmpy2.context(precision=200):
+        value = getattr(gmpy2, name)(gmpy2.mpfr(x, 53))
+    return ref_round(value, mpgrad.as_format(fmt), "nearest_even")
 
 
 def T(values, fmt="float64", requires_grad=False) -> mpgrad.Tensor:
