@@ -43,10 +43,12 @@ class Op:
 
 @dataclass
 class Ctx:
-    """What a VJP sees: the inputs and output (in the compute format) and the op's params."""
+    """What a VJP sees: the inputs and output (in the compute format), the op's other
+    positional arguments and its keyword parameters."""
 
     inputs: tuple
     out: Tensor
+    args: tuple
     params: dict
     compute: Format
 
@@ -84,7 +86,7 @@ def apply(op: Op, *args, **params) -> Tensor:
     if not needs_grad or op.vjp is None:
         return Tensor._wrap(stored, c)
     out = Tensor._wrap(stored, c, requires_grad=True)
-    ctx = Ctx(tuple(t.detach() for t in tensors), out.detach(), dict(params, _rest=rest), c)
+    ctx = Ctx(tuple(t.detach() for t in tensors), out.detach(), rest, params, c)
     out._node = autograd.Node(op, tuple(tensors), ctx)
     return out
 

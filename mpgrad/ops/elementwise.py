@@ -66,15 +66,15 @@ _MAXIMUM = Op("maximum", lambda c, a, b: np.maximum(a, b),
 _MINIMUM = Op("minimum", lambda c, a, b: np.minimum(a, b),
               lambda ctx, g: _maximum_vjp(ctx, g, lambda x, y: x <= y))
 _POW = Op("pow", lambda c, a, exponent: correctly_rounded("pow", a, c, exponent=exponent),
-          lambda ctx, g: (g * (ctx.params["_rest"][0] * pow(ctx.inputs[0],
-                                                             ctx.params["_rest"][0] - 1)),),
+          lambda ctx, g: (g * (ctx.args[0] * pow(ctx.inputs[0],
+                                                             ctx.args[0] - 1)),),
           tensor_args=1)
 _CLAMP = Op("clamp", lambda c, a, lo, hi: np.clip(a, -np.inf if lo is None else lo,
                                                   np.inf if hi is None else hi),
             lambda ctx, g: (where(ctx.out == ctx.inputs[0], g, 0.0),), tensor_args=1)
 _WHERE = Op("where", lambda c, a, b, cond: np.where(cond, a, b),
-            lambda ctx, g: (where(ctx.params["_rest"][0], g, 0.0),
-                            where(ctx.params["_rest"][0], 0.0, g)), tensor_args=2)
+            lambda ctx, g: (where(ctx.args[0], g, 0.0),
+                            where(ctx.args[0], 0.0, g)), tensor_args=2)
 
 
 def add(a, b): """a + b, correctly rounded."""; return apply(_ADD, a, b)

@@ -68,7 +68,7 @@ def _divide_pair(hi: np.ndarray, lo: np.ndarray, n: int) -> tuple:
 _SUM = Op("sum", lambda c, a, axes, keepdims: _exact_sum(a, axes, keepdims),
           lambda ctx, g: (_spread(ctx, g),))
 _DIVIDE_BY_COUNT = Op("divide_by_count", lambda c, a, n: _divide_pair(a, np.zeros_like(a), n),
-                      lambda ctx, g: (divide_by_count(g, ctx.params["_rest"][0]),),
+                      lambda ctx, g: (divide_by_count(g, ctx.args[0]),),
                       tensor_args=1)
 _MEAN = Op("mean", lambda c, a, axes, keepdims: _divide_pair(
     *_exact_sum(a, axes, keepdims), _count(a.shape, axes)),

@@ -18,13 +18,13 @@ def _inverse(axes) -> tuple:
 _RESHAPE = Op("reshape", lambda c, a, shape: a.reshape(shape),
               lambda ctx, g: (g.reshape(ctx.inputs[0].shape),), on_storage=True, tensor_args=1)
 _TRANSPOSE = Op("transpose", lambda c, a, axes: np.transpose(a, axes),
-                lambda ctx, g: (transpose(g, _inverse(ctx.params["_rest"][0])),),
+                lambda ctx, g: (transpose(g, _inverse(ctx.args[0])),),
                 on_storage=True, tensor_args=1)
 # The engine sums the VJP over the broadcast axes, so expand's VJP is g itself.
 _EXPAND = Op("expand", lambda c, a, shape: np.broadcast_to(a, shape),
              lambda ctx, g: (g,), on_storage=True, tensor_args=1)
 _GETITEM = Op("getitem", lambda c, a, index: a[index],
-              lambda ctx, g: (index_add(ctx.inputs[0].shape, ctx.params["_rest"][0], g),),
+              lambda ctx, g: (index_add(ctx.inputs[0].shape, ctx.args[0], g),),
               on_storage=True, tensor_args=1)
 _CONCAT = Op("concatenate", lambda c, *arrays, axis: np.concatenate(arrays, axis),
              lambda ctx, g: _split(g, ctx))
@@ -105,7 +105,7 @@ def _index_add_forward(c, g, shape, index):
 
 
 _INDEX_ADD = Op("index_add", _index_add_forward,
-                lambda ctx, g: (getitem(g, ctx.params["_rest"][1]),), tensor_args=1)
+                lambda ctx, g: (getitem(g, ctx.args[1]),), tensor_args=1)
 
 
 def index_add(shape, index, g):
