@@ -26,16 +26,14 @@ from .rounding import MODES, round_to, to_float64
 __all__ = ["Exact", "Sequential", "Pairwise", "Chunked", "BlockFMA", "Model", "hardware",
            "HARDWARE", "dot", "matmul_model", "reduce_sum"]
 
-# fn(k0, k1) -> the exact terms k0 .. k1-1 stacked on a new first axis, float64
-Terms = Callable[[int, int], np.ndarray]
+Terms = Callable[[int, int], np.ndarray]  # (k0, k1) -> exact terms k0..k1-1 on a first axis
 _LIMIT = 2.0 ** 500  # finite nonzero inputs must lie in [2**-500, 2**500]: nothing over/underflows
 
 
-def _check_common(obj, *, acc: bool = True) -> None:
+def _check_common(obj) -> None:
     """Normalise acc to a Format and check the rounding mode (stochastic is not a model)."""
-    if acc:
-        object.__setattr__(obj, "acc", as_format(obj.acc))
-    if getattr(obj, "rounding", None) not in MODES or obj.rounding == "stochastic":
+    object.__setattr__(obj, "acc", as_format(obj.acc))
+    if obj.rounding not in MODES or obj.rounding == "stochastic":
         raise ValueError(f"rounding must be a deterministic mode of {MODES[:-1]}, "
                          f"got {obj.rounding!r}")
 
@@ -65,9 +63,8 @@ class Exact:
 
     def reduce(self, K: int, terms: Terms, shape: tuple) -> np.ndarray:
         """Reduce K terms of the given shape."""
-        if K == 0:
-            return np.zeros(shape)
-        return _round(exact_sum(terms(0, K), axis=0), self.acc, self.rounding)
+        return (_round(exact_sum(terms(0, K), axis=0), self.acc, self.rounding) if K
+                else np.zeros(shape))
 
 
 @dataclass(frozen=True)
@@ -125,7 +122,7 @@ class Pairwise:
                     self.acc, self.rounding)
 
     def reduce(self, K: int, terms: Terms, shape: tuple) -> np.ndarray:
-        """Reduce K terms by recursive halving."""
+        """Reduce K terms by recursive halving (an empty sum is +0)."""
         return np.zeros(shape) if K == 0 else self._part(0, K, terms)
 
 
@@ -165,9 +162,8 @@ class BlockFMA:
         fin = np.isfinite(t)
         with np.errstate(invalid="ignore"):
             special = np.where(fin, 0.0, t).sum(axis=0)  # nan / +-inf / 0 where all finite
-        f = np.where(fin, t, 0.0)
-        e = np.frexp(f)[1] - 1  # floor(log2|x|) for nonzero x
-        E = np.max(np.where(f != 0, e, -10 ** 6), axis=0)
+        f = np.where(fin, t, 0.0)  # floor(log2|x|) below is frexp's exponent - 1
+        E = np.max(np.where(f != 0, np.frexp(f)[1] - 1, -10 ** 6), axis=0)
         E = np.where(E == -10 ** 6, 0, E)  # all zero: any E gives the sum 0
         shift = self.fraction_bits - E
         ints = np.trunc(np.ldexp(f, shift[None]))  # exact: integers of at most F + 1 bits
@@ -219,8 +215,8 @@ class Chunked:
         return self.outer.reduce(len(parts), lambda a, b: stack[a:b], shape)
 
 
-Model = Union[Exact, Sequential, Pairwise, BlockFMA, Chunked]
 _MODELS = (Exact, Sequential, Pairwise, BlockFMA, Chunked)
+Model = Union[_MODELS]
 
 
 def _check_inputs(x: np.ndarray, bits: int | None) -> None:
@@ -238,8 +234,8 @@ def _check_inputs(x: np.ndarray, bits: int | None) -> None:
 
 def _check_model(model) -> None:
     if not isinstance(model, _MODELS):
-        raise ValueError(f"expected an accumulation model ({', '.join(m.__name__ for m in _MODELS)}),"
-                         f" got {model!r}")
+        raise ValueError(f"expected an accumulation model (Exact, Sequential, Pairwise, "
+                         f"BlockFMA, Chunked), got {model!r}")
 
 
 def matmul_model(a, b, model: Model) -> np.ndarray:
@@ -248,8 +244,7 @@ def matmul_model(a, b, model: Model) -> np.ndarray:
     a, b = to_float64(a), to_float64(b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"matmul_model needs (M, K) and (K, N) arrays, got {a.shape}, {b.shape}")
-    _check_inputs(a, 26)
-    _check_inputs(b, 26)
+    _check_inputs(a, 26), _check_inputs(b, 26)
     at = np.ascontiguousarray(a.T)
 
     def terms(k0: int, k1: int) -> np.ndarray:
@@ -264,11 +259,8 @@ def dot(a, b, model: Model) -> np.ndarray:
     a, b = to_float64(a), to_float64(b)
     out = matmul_model(a.reshape(1, -1) if a.ndim == 1 else a,
                        b.reshape(-1, 1) if b.ndim == 1 else b, model)
-    if a.ndim == 1:
-        out = out[0]
-    if b.ndim == 1:
-        out = out[..., 0]
-    return out
+    out = out[0] if a.ndim == 1 else out
+    return out[..., 0] if b.ndim == 1 else out
 
 
 def reduce_sum(x, axis: int, model: Model) -> np.ndarray:
@@ -289,18 +281,11 @@ class hardware:
     """
 
     V100_FP16 = BlockFMA(4, 23)
-    A100_FP16 = BlockFMA(8, 24)
-    A100_TF32 = BlockFMA(4, 24)
-    ADA_FP16 = BlockFMA(8, 24)
-    ADA_TF32 = BlockFMA(4, 24)
-    ADA_FP8 = BlockFMA(16, 13)
-    H100_FP16 = BlockFMA(16, 25)
-    H100_TF32 = BlockFMA(8, 24)
-    H100_FP8 = BlockFMA(32, 13)
-    B200_FP16 = BlockFMA(16, 25)
-    B200_TF32 = BlockFMA(8, 24)
-    B200_FP8 = BlockFMA(32, 25)
-    H200_FP16, H200_TF32, H200_FP8 = H100_FP16, H100_TF32, H100_FP8
+    A100_FP16, A100_TF32 = BlockFMA(8, 24), BlockFMA(4, 24)
+    ADA_FP16, ADA_TF32, ADA_FP8 = BlockFMA(8, 24), BlockFMA(4, 24), BlockFMA(16, 13)
+    H100_FP16, H100_TF32, H100_FP8 = BlockFMA(16, 25), BlockFMA(8, 24), BlockFMA(32, 13)
+    B200_FP16, B200_TF32, B200_FP8 = BlockFMA(16, 25), BlockFMA(8, 24), BlockFMA(32, 25)
+    H200_FP16, H200_TF32, H200_FP8 = H100_FP16, H100_TF32, H100_FP8  # same chip model
     ADA_FP8_PROMOTED = Chunked(128, ADA_FP8, Sequential(float32, fma=False))
     H100_FP8_PROMOTED = Chunked(128, H100_FP8, Sequential(float32, fma=False))
     H200_FP8_PROMOTED = H100_FP8_PROMOTED

@@ -1,0 +1,277 @@
+"""Accumulation models against scalar references: Fractions, one ref_round per documented step.
+
+The references below never call mpgrad's arithmetic; each rounding is tests/reference.py's
+ref_round (MPFR + exact rationals). Values are compared exactly (NaN == NaN); the sign
+of a zero result is not compared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+import mpgrad
+from mpgrad import accumulate as acc
+from mpgrad.accumulate import BlockFMA, Chunked, Exact, Pairwise, Sequential, hardware
+from reference import ref_round
+
+F32, F16, BF16 = (mpgrad.as_format(n) for n in ("float32", "float16", "bfloat16"))
+E4M3, E5M2 = mpgrad.as_format("float8_e4m3fn"), mpgrad.as_format("float8_e5m2")
+
+
+# --- scalar references ----------------------------------------------------------------------
+
+def _rnd(v, fmt, mode):
+    """One rounding: a Fraction exactly, or a special float (inf/NaN) as the format takes it."""
+    return ref_round(v, fmt, mode)
+
+
+def _plus(s: float, t, fmt, mode) -> float:
+    """round(s + t) for a float s in fmt and an exact t (Fraction or special float)."""
+    if math.isfinite(s) and not (isinstance(t, float) and not math.isfinite(t)):
+        return _rnd(Fraction(s) + Fraction(t), fmt, mode)
+    return _rnd(float(s) + float(t), fmt, mode)
+
+
+def _floor_log2(q: Fraction) -> int:
+    q = abs(q)
+    e = q.numerator.bit_length() - q.denominator.bit_length()
+    return e - 1 if Fraction(2) ** e > q else e
+
+
+def _block_ref(terms, m: BlockFMA) -> float:
+    """One block FMA step on exact terms (Fractions or special floats)."""
+    specials = [t for t in terms if isinstance(t, float) and not math.isfinite(t)]
+    if specials:
+        return _rnd(float(sum(specials)), m.acc, m.rounding)
+    nz = [t for t in terms if t != 0]
+    if not nz:
+        return 0.0
+    unit = Fraction(2) ** (max(_floor_log2(t) for t in nz) - m.fraction_bits)
+    total = sum(((abs(t) // unit) * unit * (1 if t > 0 else -1) for t in nz), Fraction(0))
+    return _rnd(total, m.acc, m.rounding)
+
+
+def ref_reduce(m, terms: list) -> float:
+    """The model applied to a list of exact terms (Fractions, or inf/NaN floats), as a float."""
+    if isinstance(m, Exact):
+        if any(isinstance(t, float) for t in terms):
+            return _rnd(float(sum(float(t) for t in terms)), m.acc, m.rounding)
+        return _rnd(sum(terms, Fraction(0)), m.acc, m.rounding)
+    if isinstance(m, Sequential):
+        s = 0.0
+        for t in terms:
+            s = _plus(s, t if m.fma else _rnd(t, m.acc, m.rounding), m.acc, m.rounding)
+        return s
+    if isinstance(m, Pairwise):
+        def part(ts):
+            if len(ts) <= m.block:
+                s = _rnd(ts[0], m.acc, m.rounding)
+                for t in ts[1:]:
+                    s = _plus(s, Fraction(_rnd(t, m.acc, m.rounding)) if math.isfinite(
+                        _rnd(t, m.acc, m.rounding)) else _rnd(t, m.acc, m.rounding),
+                        m.acc, m.rounding)
+                return s
+            h = len(ts) // 2
+            right = part(ts[h:])
+            return _plus(part(ts[:h]), Fraction(right) if math.isfinite(right) else right,
+                         m.acc, m.rounding)
+        return part(terms) if terms else 0.0
+    if isinstance(m, BlockFMA):
+        c = 0.0
+        for k0 in range(0, len(terms), m.n):
+            blk = terms[k0:k0 + m.n]
+            if m.include_accumulator:
+                c = _block_ref([_exact(c)] + blk, m)
+            else:
+                c = _plus(c, _exact(_block_ref(blk, m)), m.acc, m.rounding)
+        return c
+    if isinstance(m, Chunked):
+        parts = [ref_reduce(m.inner, terms[k:k + m.chunk]) for k in range(0, len(terms), m.chunk)]
+        return ref_reduce(m.outer, [_exact(p) for p in parts])
+    raise TypeError(m)
+
+
+def _exact(x: float):
+    return Fraction(x) if math.isfinite(x) else float(x)
+
+
+def ref_matmul(m, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty((a.shape[0], b.shape[1]))
+    for i in range(a.shape[0]):
+        for j in range(b.shape[1]):
+            terms = []
+            for k in range(a.shape[1]):
+                x, y = float(a[i, k]), float(b[k, j])
+                terms.append(Fraction(x) * Fraction(y) if math.isfinite(x) and math.isfinite(y)
+                             else x * y)
+            out[i, j] = ref_reduce(m, terms)
+    return out
+
+
+def assert_same(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape
+    ok = (got == want) | (np.isnan(got) & np.isnan(want))
+    bad = np.argwhere(~ok)[:5].tolist()
+    assert ok.all(), f"mismatch at {bad}: {got[~ok][:5]} vs {want[~ok][:5]}"
+
+
+def _values(rng, shape, fmt, spread=6):
+    """Random finite values of fmt, magnitudes over about 2**-spread .. 2**spread."""
+    x = rng.standard_normal(shape) * 2.0 ** rng.integers(-spread, spread + 1, shape)
+    v = mpgrad.to_float64(mpgrad.round_to(x, fmt))
+    return np.where(np.isfinite(v), v, 1.0)
+
+
+MODELS = [
+    Exact(), Exact("float16", "toward_zero"), Sequential(), Sequential("float16", fma=False),
+    Sequential("bfloat16", rounding="up"), Pairwise(), Pairwise("float16", block=3),
+    hardware.H100_FP16, hardware.V100_FP16, hardware.H100_FP8, hardware.B200_FP8,
+    BlockFMA(4, 5, include_accumulator=False, rounding="nearest_even", acc="float16"),
+    BlockFMA(3, 8, rounding="down", acc="bfloat16"),
+    hardware.H100_FP8_PROMOTED, Chunked(5, Pairwise("float16", block=2), Exact("float16")),
+    Chunked(16, BlockFMA(8, 13), Sequential("float32", fma=False)),
+]
+IDS = [repr(m)[:60] for m in MODELS]
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+@pytest.mark.parametrize("fmt", [F16, BF16, E4M3, E5M2], ids=lambda f: f.name)
+def test_random_matmul(model, fmt):
+    rng = np.random.default_rng(abs(hash((repr(model), fmt.name))) % 2 ** 32)
+    for K in (1, 7, 40):
+        M, N = rng.integers(1, 4, 2)
+        a, b = _values(rng, (M, K), fmt), _values(rng, (K, N), fmt)
+        assert_same(acc.matmul_model(a, b, model), ref_matmul(model, a, b))
+
+
+def _check_sum(model, x):
+    x = np.asarray(x, dtype=np.float64)
+    want = ref_reduce(model, [_exact(float(t)) for t in x])
+    assert_same(acc.reduce_sum(x[:, None], 0, model), np.array([want]))
+    return want
+
+
+ADVERSARIAL = {
+    "cancellation": [2.0 ** 15, 1.0, 2.0 ** -10, -(2.0 ** 15), 3.0, -1.0, 2.0 ** -24] * 5,
+    "range": [65504.0, 2.0 ** -24, -65504.0, 2.0 ** -14, 1.0, -(2.0 ** -24), 2.0 ** 10] * 6,
+    "subnormal": [2.0 ** -30, 2.0 ** -38, -(2.0 ** -31), 3 * 2.0 ** -40, 2.0 ** -26] * 8,
+    "ties": [2048.0, 1.0, 1.0, 3.0, 2.0 ** 24, 1.0, 1.0, 2.0 ** -1, 2.0 ** 11 + 2, 1.0] * 4,
+    "overflow": [60000.0, 60000.0, -60000.0, -60000.0, 1.0, 2.0 ** 127, 2.0 ** 127,
+                 -(2.0 ** 127)] * 3,
+}
+
+
+@pytest.mark.parametrize("model", MODELS + [Sequential("float8_e4m3fn"), Exact("float8_e5m2")],
+                         ids=IDS + ["seq-e4m3", "exact-e5m2"])
+@pytest.mark.parametrize("case", list(ADVERSARIAL))
+def test_adversarial_sums(model, case):
+    _check_sum(model, ADVERSARIAL[case])
+
+
+def test_subnormal_products_matmul():
+    a = np.array([[2.0 ** -24, 2.0 ** -14, -(2.0 ** -20), 2.0 ** -24]])  # float16 subnormals
+    b = np.array([[2.0 ** -24], [2.0 ** -10], [2.0 ** -24], [1.0]])
+    for m in (Sequential("float16"), Sequential(), Exact("float16"), hardware.H100_FP16,
+              BlockFMA(2, 10, acc="float16", rounding="nearest_even")):
+        assert_same(acc.matmul_model(a, b, m), ref_matmul(m, a, b))
+
+
+def test_swamping_float16_sequential():
+    # From 2048 on, float16's ulp is 2: 2048 + 1 is a tie between 2048 and 2050, and
+    # round-to-nearest-even keeps 2048 (even significand), so the sum never moves again.
+    x = np.ones(4096)
+    assert acc.reduce_sum(x, 0, Sequential("float16", fma=False)) == 2048.0
+    assert acc.reduce_sum(x, 0, Sequential("float16")) == 2048.0
+    assert acc.reduce_sum(x, 0, Exact("float16")) == 4096.0
+    assert acc.reduce_sum(x, 0, Pairwise("float16")) == 4096.0  # partial sums stay exact
+
+
+def test_overflow_of_accumulator():
+    x = np.array([60000.0, 60000.0, -60000.0])  # exact sum 60000 fits float16
+    assert acc.reduce_sum(x, 0, Exact("float16")) == 60000.0
+    assert acc.reduce_sum(x, 0, Sequential("float16")) == np.inf  # stays inf
+    assert _check_sum(BlockFMA(4, 10, acc="float16"), x) == 60000.0  # one block, all terms on the grid: exact
+    assert _check_sum(BlockFMA(1, 10, acc="float16"), x) == 5504.0  # saturates at 65504
+    assert math.isnan(_check_sum(Sequential("float8_e4m3fn"), [448.0, 448.0, -448.0]))
+
+
+def test_specials_propagate():
+    a = np.array([[np.inf, 1.0, np.nan], [np.inf, 0.0, 1.0]])
+    b = np.array([[1.0], [-np.inf], [1.0]])
+    for m in MODELS:
+        assert_same(acc.matmul_model(a, b, m), ref_matmul(m, a, b))
+
+
+def test_promotion_differs_on_long_k():
+    # one product 1 then 4095 products 2**-14: aligned to 2**0 with F = 13 the small ones
+    # truncate to 0 in an unpromoted FP8 chain; restarting every 128 keeps them.
+    a = np.array([[1.0] + [2.0 ** -7] * 4095])
+    b = a.T.copy()
+    plain = acc.matmul_model(a, b, hardware.H100_FP8)
+    promoted = acc.matmul_model(a, b, hardware.H100_FP8_PROMOTED)
+    assert plain[0, 0] == 1.0
+    assert promoted[0, 0] != plain[0, 0]
+    assert promoted[0, 0] == ref_reduce(hardware.H100_FP8_PROMOTED,
+                                        [Fraction(1)] + [Fraction(1, 2 ** 14)] * 4095)
+    assert abs(promoted[0, 0] - (1 + 4095 * 2.0 ** -14)) < 2.0 ** -6
+
+
+def test_presets():
+    table = {"V100": ((4, 23), None, None), "A100": ((8, 24), 4, None),
+             "ADA": ((8, 24), 4, (16, 13)), "H100": ((16, 25), 8, (32, 13)),
+             "H200": ((16, 25), 8, (32, 13)), "B200": ((16, 25), 8, (32, 25))}
+    for gpu, (half, tf32, fp8) in table.items():
+        m = getattr(hardware, f"{gpu}_FP16")
+        assert (m.n, m.fraction_bits, m.acc, m.rounding) == (*half, F32, "toward_zero")
+        assert m.include_accumulator
+        if tf32:
+            assert getattr(hardware, f"{gpu}_TF32").n == tf32
+        if fp8:
+            m = getattr(hardware, f"{gpu}_FP8")
+            assert (m.n, m.fraction_bits) == fp8
+            p = getattr(hardware, f"{gpu}_FP8_PROMOTED")
+            assert p == Chunked(128, m, Sequential(F32, fma=False))
+    assert acc.HARDWARE["H100_FP8"] is hardware.H100_FP8
+
+
+def test_frozen_and_hashable():
+    for m in MODELS:
+        hash(m)
+        assert m == dataclasses.replace(m)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            m.rounding = "up" if not isinstance(m, Chunked) else m.chunk
+    assert Sequential("fp16") == Sequential(F16) and Sequential("fp16").acc is F16
+    assert len({Sequential(), Sequential(), Exact()}) == 2
+
+
+@pytest.mark.parametrize("make", [
+    lambda: BlockFMA(n=0), lambda: BlockFMA(fraction_bits=60), lambda: BlockFMA(32, 47),
+    lambda: BlockFMA(rounding="stochastic"), lambda: Sequential(rounding="nearest"),
+    lambda: Sequential(fma=1), lambda: Pairwise(block=0), lambda: Chunked(chunk=0),
+    lambda: Chunked(inner=3), lambda: Exact("nope"), lambda: Chunked(4, outer="float32"),
+])
+def test_bad_parameters(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="align|K"):
+        acc.matmul_model(np.ones((2, 3)), np.ones((2, 2)), Exact())
+    with pytest.raises(ValueError, match="significant bits"):
+        acc.matmul_model(np.array([[1 + 2.0 ** -40]]), np.ones((1, 1)), Exact())
+    with pytest.raises(ValueError, match="2\\*\\*500"):
+        acc.reduce_sum(np.array([2.0 ** 600]), 0, Sequential())
+    with pytest.raises(ValueError, match="model"):
+        acc.reduce_sum(np.ones(3), 0, "sequential")
+
+
+def test_dot_and_empty():
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0, 6.0])
+    assert acc.dot(a, b, Sequential()) == 32.0
+    assert acc.matmul_model(np.ones((2, 0)), np.ones((0, 3)), hardware.H100_FP16).shape == (2, 3)
