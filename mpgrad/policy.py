@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 from .formats import Format, as_format, float32, float64
 
 __all__ = ["Policy", "promote", "autocast", "use_policy", "current_policy", "AUTOCAST_LOWER",
-           "AUTOCAST_FLOAT32", "compute_format"]
+           "AUTOCAST_FLOAT32", "compute_format", "accumulate_model"]
 
 
 def promote(*formats: Format) -> Format:
@@ -33,6 +33,7 @@ class Policy:
     compute: Format = float32
     output: Format = float32
     strict: bool = False  # True: an input in another format is an error, not a cast
+    accumulate: Any = None  # an mpgrad.accumulate model for matmul and sum; None: exact
 
     def __post_init__(self) -> None:
         for name in ("param", "compute", "output"):
@@ -114,6 +115,14 @@ def autocast(dtype: Format | str = "float16", *, enabled: bool = True,
         as_format(dtype), frozenset(AUTOCAST_LOWER if lower is None else lower),
         frozenset(AUTOCAST_FLOAT32 if float32_ops is None else float32_ops))
     return _pushed(item)
+
+
+def accumulate_model(given=None):
+    """The accumulation model to use: the one given, else the active Policy's (None: exact)."""
+    active = current_policy()
+    if given is None and isinstance(active, Policy):
+        return active.accumulate
+    return given
 
 
 def compute_format(op: str, formats: list[Format]) -> Format:

@@ -1,14 +1,17 @@
-"""Matrix products: the exact sum of exact products, rounded once (the Exact model).
+"""Matrix products: by default the exact sum of exact products, rounded once.
 
-The accumulation-models work (docs/accumulation.md, to come) generalises this to named
-models of hardware and libraries; until then matmul is the idealised exact accumulator.
+With `accumulate=MODEL` (an mpgrad.accumulate model, or the active Policy's `accumulate`)
+the products are added up as the model says, in its accumulator format, then rounded to
+the compute format; the backward matmuls use the same model.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..accumulate import matmul_model
 from ..exact import exact_sum, two_prod
+from ..policy import accumulate_model
 from ..tensor import Tensor
 from .core import Op, apply, as_tensor
 from .shape import transpose
@@ -28,12 +31,26 @@ def _swap(t):
     return transpose(t, tuple(range(t.ndim - 2)) + (t.ndim - 1, t.ndim - 2))
 
 
-_MATMUL = Op("matmul", _matmul_exact,
-             lambda ctx, g: (matmul(g, _swap(ctx.inputs[1])), matmul(_swap(ctx.inputs[0]), g)))
+def _matmul_forward(c, a, b, accumulate):
+    """The exact pair (no model), or the model's result for each matrix of the batch."""
+    if accumulate is None:
+        return _matmul_exact(c, a, b)
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a = np.broadcast_to(a, batch + a.shape[-2:])
+    b = np.broadcast_to(b, batch + b.shape[-2:])
+    out = np.empty(batch + (a.shape[-2], b.shape[-1]))
+    for i in np.ndindex(batch):
+        out[i] = matmul_model(a[i], b[i], accumulate)
+    return out
 
 
-def matmul(a, b):
-    """a @ b (NumPy rules, batch dimensions included): the exact result rounded once."""
+_MATMUL = Op("matmul", _matmul_forward, lambda ctx, g: (
+    matmul(g, _swap(ctx.inputs[1]), accumulate=ctx.params["accumulate"]),
+    matmul(_swap(ctx.inputs[0]), g, accumulate=ctx.params["accumulate"])))
+
+
+def matmul(a, b, accumulate=None):
+    """a @ b (NumPy rules, batch dimensions included), accumulated exactly or by a model."""
     a = as_tensor(a, b.dtype if isinstance(b, Tensor) else None)
     b = as_tensor(b, a.dtype)
     if a.ndim == 0 or b.ndim == 0:
@@ -43,7 +60,7 @@ def matmul(a, b):
     if a2.shape[-1] != b2.shape[-2]:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align "
                          f"({a2.shape[-1]} != {b2.shape[-2]})")
-    out = apply(_MATMUL, a2, b2)
+    out = apply(_MATMUL, a2, b2, accumulate=accumulate_model(accumulate))
     if a.ndim == 1:
         out = out.reshape(out.shape[:-2] + out.shape[-1:])
     if b.ndim == 1:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..accumulate import reduce_sum
 from ..exact import exact_sum, two_prod, two_sum
+from ..policy import accumulate_model
 from .core import Op, apply
 from .shape import broadcast_to, reshape
 
@@ -26,13 +28,19 @@ def _count(shape: tuple, axes: tuple) -> int:
     return int(np.prod([shape[a] for a in axes])) if axes else 1
 
 
-def _exact_sum(a: np.ndarray, axes: tuple, keepdims: bool) -> tuple:
-    """The exact sum over axes as a pair: the reduced axes moved last and flattened."""
+def _flatten(a: np.ndarray, axes: tuple, keepdims: bool) -> tuple:
+    """a with the reduced axes moved last and flattened (C order), and the result's shape."""
     kept = [i for i in range(a.ndim) if i not in axes]
     flat = np.transpose(a, kept + list(axes)).reshape([a.shape[i] for i in kept] + [-1])
-    hi, lo = exact_sum(flat, axis=-1)
     shape = tuple(1 if i in axes else n for i, n in enumerate(a.shape)) if keepdims else \
         tuple(a.shape[i] for i in kept)
+    return flat, shape
+
+
+def _exact_sum(a: np.ndarray, axes: tuple, keepdims: bool) -> tuple:
+    """The exact sum over axes as a pair."""
+    flat, shape = _flatten(a, axes, keepdims)
+    hi, lo = exact_sum(flat, axis=-1)
     return hi.reshape(shape), lo.reshape(shape)
 
 
@@ -65,8 +73,15 @@ def _divide_pair(hi: np.ndarray, lo: np.ndarray, n: int) -> tuple:
     return q1, np.where(q2 == 0, np.copysign(0.0, q1), q2)  # -0 / n stays -0
 
 
-_SUM = Op("sum", lambda c, a, axes, keepdims: _exact_sum(a, axes, keepdims),
-          lambda ctx, g: (_spread(ctx, g),))
+def _sum_forward(c, a, axes, keepdims, accumulate):
+    """The exact pair, or the model's sum of the terms in C order of the reduced axes."""
+    if accumulate is None:
+        return _exact_sum(a, axes, keepdims)
+    flat, shape = _flatten(a, axes, keepdims)
+    return reduce_sum(flat, -1, accumulate).reshape(shape)
+
+
+_SUM = Op("sum", _sum_forward, lambda ctx, g: (_spread(ctx, g),))
 _DIVIDE_BY_COUNT = Op("divide_by_count", lambda c, a, n: _divide_pair(a, np.zeros_like(a), n),
                       lambda ctx, g: (divide_by_count(g, ctx.args[0]),),
                       tensor_args=1)
@@ -81,9 +96,10 @@ def divide_by_count(a, n: int):
     return apply(_DIVIDE_BY_COUNT, a, int(n))
 
 
-def sum(a, axis=None, keepdims: bool = False):
-    """The exact sum over axis, rounded once to the compute format."""
-    return apply(_SUM, a, axes=_axes(a.ndim, axis), keepdims=keepdims)
+def sum(a, axis=None, keepdims: bool = False, accumulate=None):
+    """The sum over axis: exact and rounded once, or accumulated by a model."""
+    return apply(_SUM, a, axes=_axes(a.ndim, axis), keepdims=keepdims,
+                 accumulate=accumulate_model(accumulate))
 
 
 def mean(a, axis=None, keepdims: bool = False):

@@ -1,0 +1,58 @@
+"""matmul and sum take an accumulation model (a keyword or the active Policy's).
+
+The models themselves are checked against scalar Fraction references in
+test_accumulate.py; here the reference for the wiring is mpgrad.accumulate's own model
+functions plus one rounding, and a hand-derived case shows the model is really used.
+"""
+
+import numpy as np
+import pytest
+
+import mpgrad
+from mpgrad.accumulate import Sequential, hardware, matmul_model, reduce_sum
+
+RNG = np.random.default_rng(3)
+
+
+def test_float16_accumulator_swamps_a_sum_of_ones():
+    """4096 ones added in float16: at 2048 the ulp is 2, 2048 + 1 ties to even 2048."""
+    x = mpgrad.ones(4096, dtype="fp16")
+    assert mpgrad.sum(x).item() == 4096.0  # exact by default
+    assert mpgrad.sum(x, accumulate=Sequential("float16")).item() == 2048.0
+    assert x.sum(accumulate=Sequential("float16")).item() == 2048.0
+
+
+def test_matmul_with_a_model_and_its_backward_use_the_model():
+    a = mpgrad.tensor(RNG.standard_normal((3, 40)), dtype="fp16", requires_grad=True)
+    b = mpgrad.tensor(RNG.standard_normal((40, 2)), dtype="fp16", requires_grad=True)
+    model = Sequential("float16")
+    out = mpgrad.matmul(a, b, accumulate=model)
+    want = mpgrad.round_to(matmul_model(a.numpy(), b.numpy(), model), "fp16")
+    assert np.array_equal(out.to_float64(), mpgrad.to_float64(want))
+    g = np.ones((3, 2))
+    out.sum().backward()
+    want_ga = mpgrad.round_to(matmul_model(g, b.to_float64().T, model), "fp16")
+    assert np.array_equal(a.grad.to_float64(), mpgrad.to_float64(want_ga))
+
+
+def test_policy_carries_the_model():
+    a = mpgrad.tensor(RNG.standard_normal((2, 300)), dtype="bf16")
+    b = mpgrad.tensor(RNG.standard_normal((300, 2)), dtype="bf16")
+    policy = mpgrad.Policy("f32", "f32", "f32", accumulate=hardware.H100_FP16)
+    with mpgrad.use_policy(policy):
+        got = (a @ b).to_float64()
+    want = matmul_model(a.to_float64(), b.to_float64(), hardware.H100_FP16)
+    assert got.tolist() == mpgrad.to_float64(mpgrad.round_to(want, "f32")).tolist()
+
+
+@pytest.mark.parametrize("axis", [0, 1, None, (0, 1)])
+def test_sum_over_axes_with_a_model(axis):
+    x = mpgrad.tensor(RNG.standard_normal((5, 7)), dtype="fp16")
+    model = Sequential("float16")
+    got = mpgrad.sum(x, axis=axis, accumulate=model).to_float64()
+    v = x.to_float64()
+    axes = (0, 1) if axis is None else (axis,) if isinstance(axis, int) else axis
+    kept = [i for i in range(2) if i not in axes]
+    flat = np.transpose(v, kept + list(axes)).reshape([v.shape[i] for i in kept] + [-1])
+    want = reduce_sum(flat, -1, model).reshape(got.shape)
+    assert np.array_equal(got, want)
