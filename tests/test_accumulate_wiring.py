@@ -56,3 +56,28 @@ def test_sum_over_axes_with_a_model(axis):
     flat = np.transpose(v, kept + list(axes)).reshape([v.shape[i] for i in kept] + [-1])
     want = reduce_sum(flat, -1, model).reshape(got.shape)
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("fmt", ["float16", "bfloat16", "float8_e4m3fn"])
+@pytest.mark.parametrize("shape", [(3, 100, 2), (2, 1, 3), (1, 65, 1), (2, 0, 2)])
+def test_default_matmul_is_the_exact_result_rounded_once(fmt, shape):
+    """K spans several blocks of the blocked exact product; the reference is Fractions + MPFR."""
+    from fractions import Fraction
+    try:
+        from .reference import ref_round
+    except ImportError:
+        from reference import ref_round
+    m, k, n = shape
+    scale = 2.0 ** RNG.integers(-6, 6, (m, k))
+    a = mpgrad.tensor(RNG.standard_normal((m, k)) * scale, dtype=fmt)
+    b = mpgrad.tensor(RNG.standard_normal((k, n)), dtype=fmt)
+    if k > 1:  # a cancelling pair: the exact sum must not lose the small terms
+        a = mpgrad.tensor(np.concatenate([[[96.0] + [-96.0] + [0.0] * (k - 2)]] * m) +
+                          a.to_float64(), dtype=fmt)
+    A, B = a.to_float64(), b.to_float64()
+    fmt_ = mpgrad.as_format(fmt)
+    want = [[ref_round(sum((Fraction(A[i, j]) * Fraction(B[j, c]) for j in range(k)),
+                           Fraction(0)), fmt_, "nearest_even") for c in range(n)]
+            for i in range(m)]
+    got = (a @ b).to_float64().tolist()
+    assert got == want

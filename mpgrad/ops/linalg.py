@@ -19,11 +19,21 @@ from .shape import transpose
 __all__ = ["matmul"]
 
 
+K_BLOCK = 32  # products summed at a time: memory O(M*N*K_BLOCK), never O(M*N*K)
+
+
 def _matmul_exact(c, a, b):
-    """(hi, lo) of a @ b exactly: every product exact as a pair, all pairs summed exactly."""
-    hi, lo = two_prod(a[..., :, :, None], b[..., None, :, :])  # (..., M, K, N)
-    lo = np.where(np.isfinite(hi), lo, 0.0)
-    return exact_sum(np.concatenate([hi, lo], axis=-2), axis=-2)
+    """(hi, lo) of a @ b exactly: the products of each block of K exact as pairs and summed
+    exactly; then the exact pairs of all blocks summed exactly (a sum of exact values)."""
+    parts = []
+    for k in range(0, a.shape[-1], K_BLOCK):
+        hi, lo = two_prod(a[..., :, k:k + K_BLOCK, None], b[..., None, k:k + K_BLOCK, :])
+        lo = np.where(np.isfinite(hi), lo, 0.0)
+        parts.extend(exact_sum(np.concatenate([hi, lo], axis=-2), axis=-2))
+    if not parts:  # K == 0: the empty sum
+        shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+        return np.zeros(shape), np.zeros(shape)
+    return exact_sum(np.stack(parts, axis=-1), axis=-1)
 
 
 def _swap(t):

@@ -1,0 +1,57 @@
+"""Time of each accumulation model for an M = N = K matmul next to NumPy's float32 matmul.
+
+Run: python benchmarks/bench_matmul.py [--n 512]
+Not a test: it prints times, ratios to float32 BLAS measured in the same run, and peak
+memory allocated by NumPy; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import tracemalloc
+
+import numpy as np
+
+import mpgrad
+from mpgrad.accumulate import Exact, Sequential, hardware, matmul_model
+
+
+def timed(fn) -> tuple[float, float]:
+    """(seconds, peak MiB) of one call of fn."""
+    tracemalloc.start()
+    t = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - t
+    peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
+    tracemalloc.stop()
+    return seconds, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=512)
+    args = parser.parse_args()
+    n = args.n
+    rng = np.random.default_rng(0)
+    for fmt in ("float16", "bfloat16"):
+        a = mpgrad.tensor(rng.standard_normal((n, n)), dtype=fmt)
+        b = mpgrad.tensor(rng.standard_normal((n, n)), dtype=fmt)
+        a32, b32 = a.to_float64().astype(np.float32), b.to_float64().astype(np.float32)
+        a64, b64 = a.to_float64(), b.to_float64()
+        base = min(timed(lambda: a32 @ b32)[0] for _ in range(5))
+        rows = {
+            "mpgrad.matmul (exact, rounded once)": lambda: a @ b,
+            "Exact(float32)": lambda: matmul_model(a64, b64, Exact()),
+            "Sequential(float32, fma)": lambda: matmul_model(a64, b64, Sequential()),
+            "BlockFMA H100_FP16": lambda: matmul_model(a64, b64, hardware.H100_FP16),
+        }
+        print(f"\n{fmt} inputs, M = N = K = {n}; float32 BLAS matmul: {base * 1e3:.2f} ms")
+        print(f"{'model':38} {'time [s]':>9} {'ratio':>8} {'peak MiB':>9}")
+        for name, fn in rows.items():
+            seconds, peak = timed(fn)
+            print(f"{name:38} {seconds:9.3f} {seconds / base:8.0f} {peak:9.0f}")
+
+
+if __name__ == "__main__":
+    main()
