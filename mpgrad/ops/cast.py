@@ -27,6 +27,6 @@ def cast(x, dtype: Format | str, mode: str = "nearest_even", *, rng=None) -> Ten
     if not (autograd.is_grad_enabled() and x.requires_grad):
         return Tensor._wrap(stored, fmt)
     out = Tensor._wrap(stored, fmt, requires_grad=True)
-    ctx = Ctx((x.detach(),), out.detach(), (), {"source": x.dtype, "mode": mode}, fmt)
+    ctx = Ctx((x.detach(),), out.detach(), (), {"source": x.dtype, "mode": mode})
     out._node = autograd.Node(CAST, (x,), ctx)
     return out

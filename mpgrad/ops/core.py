@@ -50,7 +50,6 @@ class Ctx:
     out: Tensor
     args: tuple
     params: dict
-    compute: Format
 
 
 def as_tensor(x, fmt: Format | None = None) -> Tensor:
@@ -86,7 +85,7 @@ def apply(op: Op, *args, **params) -> Tensor:
     if not needs_grad or op.vjp is None:
         return Tensor._wrap(stored, c)
     out = Tensor._wrap(stored, c, requires_grad=True)
-    ctx = Ctx(tuple(t.detach() for t in tensors), out.detach(), rest, params, c)
+    ctx = Ctx(tuple(t.detach() for t in tensors), out.detach(), rest, params)
     out._node = autograd.Node(op, tuple(tensors), ctx)
     return out
 
