@@ -96,6 +96,22 @@ class Tensor:
         """The same values as a new leaf that does not require grad."""
         return Tensor._wrap(self.data, self.dtype)
 
+    def copy_(self, src, mode: str = "nearest_even", *, rng=None) -> Tensor:
+        """Replace this leaf's values by src rounded once to its format (not recorded).
+
+        For optimizers and loading: the tensor keeps its format, grad, hooks and
+        requires_grad; arrays saved earlier for backward are not changed (new storage).
+        """
+        if not self.is_leaf:
+            raise RuntimeError("copy_() needs a leaf tensor; use detach() first")
+        values = src.data if isinstance(src, Tensor) else np.asarray(src)
+        if values.shape != self.shape:
+            raise ValueError(f"copy_: source shape {values.shape} != tensor shape {self.shape}")
+        stored = round_to(values, self.dtype, mode, rng=rng)
+        stored.flags.writeable = False
+        self.data = stored
+        return self
+
     def register_hook(self, fn: Callable[[Tensor], Tensor | None]) -> Callable[[], None]:
         """Call fn(grad) when this tensor's gradient is computed; a returned tensor replaces it."""
         if not self.requires_grad:
