@@ -41,7 +41,7 @@ def main() -> None:
         a64, b64 = a.to_float64(), b.to_float64()
         base = min(timed(lambda: a32 @ b32)[0] for _ in range(5))
         rows = {
-            "mpgrad.matmul (exact, rounded once)": lambda: a @ b,
+            "mpgrad.matmul (default model)": lambda: a @ b,
             "Exact(float32)": lambda: matmul_model(a64, b64, Exact()),
             "Sequential(float32, fma)": lambda: matmul_model(a64, b64, Sequential()),
             "BlockFMA H100_FP16": lambda: matmul_model(a64, b64, hardware.H100_FP16),

@@ -20,11 +20,12 @@ from typing import Callable, Union
 import numpy as np
 
 from .exact import exact_sum, two_sum
+from .exact_matmul import exact_matmul
 from .formats import Format, as_format, float32
 from .rounding import MODES, round_to, to_float64
 
 __all__ = ["Exact", "Sequential", "Pairwise", "Chunked", "BlockFMA", "Model", "hardware",
-           "HARDWARE", "dot", "matmul_model", "reduce_sum"]
+           "HARDWARE", "dot", "matmul_model", "reduce_sum", "default_model", "check_inputs"]
 
 Terms = Callable[[int, int], np.ndarray]  # (k0, k1) -> exact terms k0..k1-1 on a first axis
 _LIMIT = 2.0 ** 500  # finite nonzero inputs must lie in [2**-500, 2**500]: nothing over/underflows
@@ -41,6 +42,16 @@ def _check_common(obj) -> None:
 def _round(x, fmt: Format, mode: str) -> np.ndarray:
     """x (an exact array or (hi, lo) pair) rounded once to fmt, back as exact float64."""
     return to_float64(round_to(x, fmt, mode))
+
+
+def _round_sum(x: np.ndarray, fmt: Format, mode: str) -> np.ndarray:
+    """_round of an exact float64 array; float32 toward zero by clearing the low 29 bits of
+    the float64 significand when every value is 0 or a normal float32 magnitude."""
+    if fmt == float32 and mode == "toward_zero":
+        a = np.abs(x)
+        if np.all((a == 0) | (a >= 2.0 ** -126) & (a < 2.0 ** 128)):
+            return (x.view(np.int64) & ~np.int64((1 << 29) - 1)).view(np.float64)
+    return _round(x, fmt, mode)
 
 
 def _add(s: np.ndarray, t: np.ndarray, fmt: Format, mode: str) -> np.ndarray:
@@ -157,18 +168,29 @@ class BlockFMA:
                              f"{self.n} (the aligned sum must be exact in float64), "
                              f"got {self.fraction_bits!r}")
 
-    def _block(self, t: np.ndarray) -> np.ndarray:
-        """Align, truncate, add exactly and round a stack t of terms (block axis first)."""
-        fin = np.isfinite(t)
-        with np.errstate(invalid="ignore"):
-            special = np.where(fin, 0.0, t).sum(axis=0)  # nan / +-inf / 0 where all finite
-        f = np.where(fin, t, 0.0)  # floor(log2|x|) below is frexp's exponent - 1
-        E = np.max(np.where(f != 0, np.frexp(f)[1] - 1, -10 ** 6), axis=0)
-        E = np.where(E == -10 ** 6, 0, E)  # all zero: any E gives the sum 0
-        shift = self.fraction_bits - E
-        ints = np.trunc(np.ldexp(f, shift[None]))  # exact: integers of at most F + 1 bits
-        s = np.ldexp(ints.sum(axis=0), -shift) + 0.0  # exact (< 2**52, no underflow)
-        return _round(np.where(special != 0, special, s), self.acc, self.rounding)
+    def _block(self, t: np.ndarray, c: np.ndarray | None) -> np.ndarray:
+        """Align, truncate, add exactly and round a stack t of terms (block axis first),
+        with the accumulator c when given.
+
+        E comes from the largest magnitude (its floor(log2)); a NaN or infinity makes E so
+        large that every finite term truncates to 0, leaving IEEE's sum of the specials.
+        """
+        with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+            m = np.maximum(t.max(axis=0), -t.min(axis=0))
+            if c is not None:
+                m = np.maximum(m, np.abs(c))
+            finite = np.isfinite(m)
+            E = np.where(finite, np.frexp(np.where(finite, m, 0.0))[1] - 1, 1100)
+            shift = self.fraction_bits - E  # terms are truncated to multiples of 2**-shift
+            if -1022 <= shift.min() and shift.max() <= 1023:
+                ints = np.multiply(t, np.ldexp(1.0, shift), out=np.empty_like(t))
+            else:
+                ints = np.ldexp(t, shift)
+            total = np.trunc(ints, out=ints).sum(axis=0)  # exact: integers below 2**(F+1)
+            if c is not None:
+                total += np.trunc(np.ldexp(c, shift))
+            s = np.ldexp(total, -shift) + 0.0  # exact; a zero sum is +0
+        return _round_sum(s, self.acc, self.rounding)
 
     def reduce(self, K: int, terms: Terms, shape: tuple) -> np.ndarray:
         """Reduce K terms block by block with an (shape) accumulator."""
@@ -176,9 +198,9 @@ class BlockFMA:
         for k0 in range(0, K, self.n):
             t = terms(k0, min(k0 + self.n, K))
             if self.include_accumulator:
-                c = self._block(np.concatenate([c[None], t]))
+                c = self._block(t, c)
             else:
-                c = _add(c, self._block(t), self.acc, self.rounding)
+                c = _add(c, self._block(t, None), self.acc, self.rounding)
         return c
 
 
@@ -219,17 +241,53 @@ _MODELS = (Exact, Sequential, Pairwise, BlockFMA, Chunked)
 Model = Union[_MODELS]
 
 
-def _check_inputs(x: np.ndarray, bits: int | None) -> None:
-    """Finite nonzero values must lie in [2**-500, 2**500] (and have <= bits significant bits)."""
+def default_model(compute: Format) -> Exact:
+    """The model used when none is given: exact, rounded once to float32 (float64 when
+    computing in a format float32 does not hold), then to the compute format."""
+    from .policy import promote
+    return Exact(promote(float32, compute))
+
+
+def _bits_at_most(v: np.ndarray, bits: int) -> bool:
+    """Whether every finite value of v has at most `bits` significant bits."""
+    c = v * (2.0 ** (53 - bits) + 1)  # Veltkamp: the high part keeps `bits` bits
+    return not np.any(v - (c - (c - v)) != 0)
+
+
+def check_inputs(x: np.ndarray, bits: int | None = None) -> None:
+    """Refuse finite nonzero values outside [2**-500, 2**500] (or with more than bits bits)."""
     fin = np.isfinite(x) & (x != 0)
     v = np.abs(x[fin])
     if v.size and (v.max() > _LIMIT or v.min() < 1 / _LIMIT):
         raise ValueError("accumulation models need finite nonzero inputs in [2**-500, 2**500]")
-    if bits is not None and v.size:
-        c = v * (2.0 ** (53 - bits) + 1)  # Veltkamp: the high part keeps `bits` bits
-        if np.any(v - (c - (c - v)) != 0):
-            raise ValueError(f"matmul inputs must have at most {bits} significant bits (the "
-                             "values of float32 or a narrower format), so products are exact")
+    if bits is not None and v.size and not _bits_at_most(v, bits):
+        raise ValueError(f"matmul inputs must have at most {bits} significant bits (the "
+                         "values of float32 or a narrower format), so products are exact")
+
+
+def _float32_products(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether every product a_ik * b_kj is a normal float32 or zero, exactly (finite inputs
+    of at most 12 significant bits, magnitudes in range): then float32 arithmetic is exact
+    for the products and correctly rounded for each sum."""
+    va, vb = (np.abs(x[x != 0]) for x in (a, b))
+    if not (va.size and vb.size):
+        return False
+    return bool(np.all(np.isfinite(va)) and np.all(np.isfinite(vb))
+                and va.max() * vb.max() < 2.0 ** 127 and va.min() * vb.min() >= 2.0 ** -126
+                and _bits_at_most(va, 12) and _bits_at_most(vb, 12))
+
+
+def _sequential_float32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sequential(float32) by NumPy float32 arithmetic (IEEE, round to nearest even): each
+    product is exact in float32, each addition one correct rounding, in the order of K."""
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    s = np.zeros((a.shape[0], b.shape[1]), dtype=np.float32)
+    t = np.empty_like(s)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k in range(a.shape[1]):
+            np.multiply(a32[:, k, None], b32[None, k, :], out=t)
+            np.add(s, t, out=s)
+    return s.astype(np.float64)
 
 
 def _check_model(model) -> None:
@@ -238,20 +296,47 @@ def _check_model(model) -> None:
                          f"BlockFMA, Chunked), got {model!r}")
 
 
+_TILE = 1 << 14  # outputs reduced at a time by a block model (its term stack stays small)
+
+
+def _matmul2(a: np.ndarray, b: np.ndarray, model: Model) -> np.ndarray:
+    """One (M, K) @ (K, N) product under a model other than Exact."""
+    if (isinstance(model, Sequential) and model.acc == float32
+            and model.rounding == "nearest_even" and _float32_products(a, b)):
+        return _sequential_float32(a, b)
+    rows = a.shape[0] if isinstance(model, Sequential) else max(1, _TILE // max(b.shape[1], 1))
+    out = np.empty((a.shape[0], b.shape[1]))
+    for i in range(0, a.shape[0], rows):
+        at = np.ascontiguousarray(a[i:i + rows].T)
+
+        def terms(k0: int, k1: int) -> np.ndarray:
+            with np.errstate(invalid="ignore"):  # inf * 0 is NaN, as IEEE says
+                return at[k0:k1, :, None] * b[k0:k1, None, :]  # exact products, (k, rows, N)
+
+        out[i:i + rows] = model.reduce(a.shape[1], terms, (at.shape[1], b.shape[1]))
+    return out
+
+
 def matmul_model(a, b, model: Model) -> np.ndarray:
-    """A (M, K) @ B (K, N) of exact values under the model: the acc-format result as float64."""
+    """a (..., M, K) @ b (..., K, N) of exact values under the model, as acc-format float64.
+
+    Exact takes the error-free BLAS path (mpgrad.exact_matmul) for any float64 inputs;
+    the other models need inputs of at most 26 significant bits (exact float64 products).
+    """
     _check_model(model)
     a, b = to_float64(a), to_float64(b)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(f"matmul_model needs (M, K) and (K, N) arrays, got {a.shape}, {b.shape}")
-    _check_inputs(a, 26), _check_inputs(b, 26)
-    at = np.ascontiguousarray(a.T)
-
-    def terms(k0: int, k1: int) -> np.ndarray:
-        with np.errstate(invalid="ignore"):  # inf * 0 is NaN, as IEEE says
-            return at[k0:k1, :, None] * b[k0:k1, None, :]  # exact products, (k, M, N)
-
-    return model.reduce(a.shape[1], terms, (a.shape[0], b.shape[1]))
+    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul_model needs (..., M, K) and (..., K, N) arrays, got "
+                         f"{a.shape}, {b.shape}")
+    if isinstance(model, Exact):
+        return _round(exact_matmul(a, b), model.acc, model.rounding)
+    check_inputs(a, 26), check_inputs(b, 26)
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a, b = np.broadcast_to(a, batch + a.shape[-2:]), np.broadcast_to(b, batch + b.shape[-2:])
+    out = np.empty(batch + (a.shape[-2], b.shape[-1]))
+    for i in np.ndindex(batch):
+        out[i] = _matmul2(a[i], b[i], model)
+    return out
 
 
 def dot(a, b, model: Model) -> np.ndarray:
@@ -267,7 +352,8 @@ def reduce_sum(x, axis: int, model: Model) -> np.ndarray:
     """The sum of exact values x along one axis under the model, as acc-format float64."""
     _check_model(model)
     x = to_float64(x)
-    _check_inputs(x, None)
+    if not isinstance(model, Exact):  # exact_sum takes any float64 values
+        check_inputs(x)
     xs = np.moveaxis(x, axis, 0)
     return model.reduce(xs.shape[0], lambda k0, k1: xs[k0:k1], xs.shape[1:])
 

@@ -47,6 +47,7 @@ class Node:
     op: Any                       # the Op (name, forward, vjp)
     inputs: tuple                 # the input Tensors, in the op's compute format
     ctx: Any                      # saved values for the VJP; None once freed
+    accumulate: Any = None        # the Policy's accumulation model when the op ran
     freed: bool = field(default=False)
 
     def release(self) -> None:
@@ -80,12 +81,12 @@ def _no_policy():
 
 def backward(root: Tensor, grad: Tensor, retain_graph: bool,
              accumulate: Callable[[Tensor, Tensor], Tensor],
-             to_input: Callable[[Tensor, Tensor], Tensor]) -> None:
+             to_input: Callable[[Tensor, Tensor, Any], Tensor]) -> None:
     """Propagate grad from root to every leaf that requires grad; accumulate into .grad.
 
     accumulate(a, b) adds two gradients of one tensor (a rounded addition in its format);
-    to_input(g, x) turns the VJP's g into x's gradient (sum over broadcast axes, round to
-    x's format). Both are applied in a fixed order, so results are deterministic.
+    to_input(g, x, model) turns the VJP's g into x's gradient (sum over broadcast axes
+    under the accumulation model the op ran with, round to x's format). Both are applied in a fixed order, so results are deterministic.
     """
     order = _topological(root)
     grads: dict[int, Tensor] = {id(root): grad}
@@ -100,7 +101,7 @@ def backward(root: Tensor, grad: Tensor, retain_graph: bool,
                     raise RuntimeError(f"hook {hook!r} returned a gradient of shape "
                                        f"{tuple(replaced.shape)} for a tensor of shape {t.shape}")
                 with no_grad(), _no_policy():
-                    g = to_input(replaced, t)
+                    g = to_input(replaced, t, None if t._node is None else t._node.accumulate)
         node = t._node
         if node is None:  # a leaf: accumulate into .grad in its own format
             if t.requires_grad:
@@ -118,7 +119,7 @@ def backward(root: Tensor, grad: Tensor, retain_graph: bool,
             if gi is None or not inp.requires_grad:
                 continue
             with no_grad(), _no_policy():  # gradients are rounded to their inputs' formats
-                gi = to_input(gi, inp)
+                gi = to_input(gi, inp, node.accumulate)
                 grads[id(inp)] = gi if id(inp) not in grads else accumulate(grads[id(inp)], gi)
         if not retain_graph:
             node.release()

@@ -285,13 +285,13 @@ def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _operands(A, B) -> tuple[np.ndarray, np.ndarray]:
-    from .accumulate import _check_inputs
+    from .accumulate import check_inputs
     a, b = _values(A, "A"), _values(B, "B")
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"need (M, K) and (K, N) arrays, got {a.shape}, {b.shape}")
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         raise ValueError("error bounds need finite inputs")
-    _check_inputs(a, 26), _check_inputs(b, 26)  # as matmul_model: the products are exact
+    check_inputs(a, 26), check_inputs(b, 26)  # as matmul_model: the products are exact
     return a, b
 
 

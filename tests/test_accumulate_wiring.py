@@ -60,8 +60,8 @@ def test_sum_over_axes_with_a_model(axis):
 
 @pytest.mark.parametrize("fmt", ["float16", "bfloat16", "float8_e4m3fn"])
 @pytest.mark.parametrize("shape", [(3, 100, 2), (2, 1, 3), (1, 65, 1), (2, 0, 2)])
-def test_default_matmul_is_the_exact_result_rounded_once(fmt, shape):
-    """K spans several blocks of the blocked exact product; the reference is Fractions + MPFR."""
+def test_default_matmul_is_the_exact_result_rounded_to_float32_then_fmt(fmt, shape):
+    """The default model Exact(float32); the reference is Fractions + MPFR."""
     from fractions import Fraction
     try:
         from .reference import ref_round
@@ -76,8 +76,45 @@ def test_default_matmul_is_the_exact_result_rounded_once(fmt, shape):
                           a.to_float64(), dtype=fmt)
     A, B = a.to_float64(), b.to_float64()
     fmt_ = mpgrad.as_format(fmt)
-    want = [[ref_round(sum((Fraction(A[i, j]) * Fraction(B[j, c]) for j in range(k)),
-                           Fraction(0)), fmt_, "nearest_even") for c in range(n)]
+    want = [[ref_round(ref_round(sum((Fraction(A[i, j]) * Fraction(B[j, c]) for j in range(k)),
+                                     Fraction(0)), mpgrad.float32, "nearest_even"),
+                       fmt_, "nearest_even") for c in range(n)]
             for i in range(m)]
     got = (a @ b).to_float64().tolist()
     assert got == want
+
+
+@pytest.mark.parametrize("model", [Sequential(), hardware.H100_FP16, Sequential("float16")],
+                         ids=["seq32", "h100", "seq16"])
+def test_batched_matmul_with_a_model(model):
+    """Each matrix of a broadcast batch is reduced by the model, as the 2-D reference."""
+    a = mpgrad.tensor(RNG.standard_normal((2, 1, 3, 70)), dtype="fp16")
+    b = mpgrad.tensor(RNG.standard_normal((4, 70, 2)), dtype="fp16")
+    got = mpgrad.matmul(a, b, accumulate=model).to_float64()
+    assert got.shape == (2, 4, 3, 2)
+    for i in range(2):
+        for j in range(4):
+            want = matmul_model(a.to_float64()[i, 0], b.to_float64()[j], model)
+            assert got[i, j].tolist() == mpgrad.to_float64(mpgrad.round_to(want, "fp16")).tolist()
+
+
+def test_mean_takes_the_model():
+    x = mpgrad.ones(4096, dtype="fp16")
+    assert mpgrad.mean(x, accumulate=Sequential("float16")).item() == 0.5  # 2048 / 4096
+    assert mpgrad.mean(x).item() == 1.0
+    with mpgrad.use_policy(mpgrad.Policy("f16", "f16", "f16", accumulate=Sequential("f16"))):
+        assert mpgrad.mean(x).item() == 0.5
+
+
+def test_backward_broadcast_sum_follows_the_policy_model():
+    """A bias broadcast over 4096 rows: its gradient is a sum over the rows, reduced by the
+    model the forward op ran under (float16 swamping stops at 2048), not the default."""
+    bias = mpgrad.zeros(1, dtype="fp16", requires_grad=True)
+    x = mpgrad.zeros(4096, dtype="fp16")
+    with mpgrad.use_policy(mpgrad.Policy("f16", "f16", "f16", accumulate=Sequential("f16"))):
+        y = x + bias
+    y.backward(mpgrad.ones(4096, dtype="fp16"))
+    assert bias.grad.item() == 2048.0
+    bias.grad = None
+    (x + bias).backward(mpgrad.ones(4096, dtype="fp16"))
+    assert bias.grad.item() == 4096.0

@@ -621,6 +621,9 @@ def _exact_sum(values: np.ndarray):
 
 
 def expected_reduction(x: np.ndarray, axis, keepdims: bool, fmt, mean: bool) -> np.ndarray:
+    """The default model: the exact sum (or mean) rounded to float32 (float64 for float64
+    or formats float32 does not hold), then to fmt."""
+    acc = F32 if F32.contains(fmt) else mpgrad.float64
     xv = x.astype(np.float64)
     axes = tuple(range(xv.ndim)) if axis is None else (
         (axis,) if isinstance(axis, int) else tuple(axis))
@@ -636,7 +639,7 @@ def expected_reduction(x: np.ndarray, axis, keepdims: bool, fmt, mean: bool) -> 
             s = s / n
         elif mean:
             s = s / n  # inf / n, nan, +-0 / n keep their value and sign
-        out.append(ref_round(s, fmt, NE))
+        out.append(ref_round(ref_round(s, acc, NE), fmt, NE))
     return np.array(out).reshape(np.sum(np.zeros(xv.shape), axis=axes, keepdims=keepdims).shape)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import autograd
 from ..formats import Format
-from ..policy import compute_format
+from ..policy import accumulate_model, compute_format
 from ..rounding import round_to, to_float64
 from ..tensor import Tensor
 
@@ -86,17 +86,18 @@ def apply(op: Op, *args, **params) -> Tensor:
         return Tensor._wrap(stored, c)
     out = Tensor._wrap(stored, c, requires_grad=True)
     ctx = Ctx(tuple(t.detach() for t in tensors), out.detach(), rest, params)
-    out._node = autograd.Node(op, tuple(tensors), ctx)
+    out._node = autograd.Node(op, tuple(tensors), ctx, accumulate_model())
     return out
 
 
-def gradient_for(g: Tensor, x: Tensor) -> Tensor:
-    """The VJP's g as x's gradient: summed over broadcast axes, rounded to x's format."""
+def gradient_for(g: Tensor, x: Tensor, accumulate=None) -> Tensor:
+    """The VJP's g as x's gradient: summed over broadcast axes (under the model), rounded
+    to x's format."""
     from .cast import cast
     from .reduce import sum as reduce_sum
     if g.shape != x.shape:
         lead = g.ndim - x.ndim
         axes = tuple(range(lead)) + tuple(
             lead + i for i, n in enumerate(x.shape) if n == 1 and g.shape[lead + i] != 1)
-        g = reduce_sum(g, axis=axes).reshape(x.shape)
+        g = reduce_sum(g, axis=axes, accumulate=accumulate).reshape(x.shape)
     return cast(g, x.dtype) if g.dtype != x.dtype else g

@@ -1,16 +1,14 @@
-"""Matrix products: by default the exact sum of exact products, rounded once.
+"""Matrix products under an accumulation model, then rounded to the compute format.
 
-With `accumulate=MODEL` (an mpgrad.accumulate model, or the active Policy's `accumulate`)
-the products are added up as the model says, in its accumulator format, then rounded to
-the compute format; the backward matmuls use the same model.
+The model is `accumulate=MODEL` (an mpgrad.accumulate model), else the active Policy's,
+else the default: the exact sum of the exact products rounded once to float32 (float64
+when computing in float64), then to the compute format. The backward matmuls use the
+same model.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..accumulate import matmul_model
-from ..exact import exact_sum, two_prod
+from ..accumulate import default_model, matmul_model
 from ..policy import accumulate_model
 from ..tensor import Tensor
 from .core import Op, apply, as_tensor
@@ -19,39 +17,14 @@ from .shape import transpose
 __all__ = ["matmul"]
 
 
-K_BLOCK = 32  # products summed at a time: memory O(M*N*K_BLOCK), never O(M*N*K)
-
-
-def _matmul_exact(c, a, b):
-    """(hi, lo) of a @ b exactly: the products of each block of K exact as pairs and summed
-    exactly; then the exact pairs of all blocks summed exactly (a sum of exact values)."""
-    parts = []
-    for k in range(0, a.shape[-1], K_BLOCK):
-        hi, lo = two_prod(a[..., :, k:k + K_BLOCK, None], b[..., None, k:k + K_BLOCK, :])
-        lo = np.where(np.isfinite(hi), lo, 0.0)
-        parts.extend(exact_sum(np.concatenate([hi, lo], axis=-2), axis=-2))
-    if not parts:  # K == 0: the empty sum
-        shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
-        return np.zeros(shape), np.zeros(shape)
-    return exact_sum(np.stack(parts, axis=-1), axis=-1)
-
-
 def _swap(t):
     """t with its last two axes exchanged."""
     return transpose(t, tuple(range(t.ndim - 2)) + (t.ndim - 1, t.ndim - 2))
 
 
 def _matmul_forward(c, a, b, accumulate):
-    """The exact pair (no model), or the model's result for each matrix of the batch."""
-    if accumulate is None:
-        return _matmul_exact(c, a, b)
-    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    a = np.broadcast_to(a, batch + a.shape[-2:])
-    b = np.broadcast_to(b, batch + b.shape[-2:])
-    out = np.empty(batch + (a.shape[-2], b.shape[-1]))
-    for i in np.ndindex(batch):
-        out[i] = matmul_model(a[i], b[i], accumulate)
-    return out
+    """The model's result (the default model when none is given) in its accumulator format."""
+    return matmul_model(a, b, accumulate or default_model(c))
 
 
 _MATMUL = Op("matmul", _matmul_forward, lambda ctx, g: (

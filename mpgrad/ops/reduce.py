@@ -1,10 +1,12 @@
-"""Reductions: sum and mean of the exact values, rounded once."""
+"""Reductions: sum and mean under an accumulation model (default: exact, rounded once to
+float32 or float64, then to the compute format; see mpgrad.accumulate.default_model)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..accumulate import reduce_sum
+from ..accumulate import Exact, default_model, reduce_sum
+from ..rounding import round_to, to_float64
 from ..exact import exact_sum, two_prod, two_sum
 from ..policy import accumulate_model
 from .core import Op, apply
@@ -74,20 +76,28 @@ def _divide_pair(hi: np.ndarray, lo: np.ndarray, n: int) -> tuple:
 
 
 def _sum_forward(c, a, axes, keepdims, accumulate):
-    """The exact pair, or the model's sum of the terms in C order of the reduced axes."""
-    if accumulate is None:
-        return _exact_sum(a, axes, keepdims)
+    """The model's sum of the terms, in C order of the reduced axes, in its acc format."""
     flat, shape = _flatten(a, axes, keepdims)
-    return reduce_sum(flat, -1, accumulate).reshape(shape)
+    return reduce_sum(flat, -1, accumulate or default_model(c)).reshape(shape)
+
+
+def _mean_forward(c, a, axes, keepdims, accumulate):
+    """Exact: the exact mean rounded once to acc. Otherwise the model's sum divided by the
+    count, rounded once to acc (the count is never rounded)."""
+    model, n = accumulate or default_model(c), _count(a.shape, axes)
+    if isinstance(model, Exact):
+        pair = _divide_pair(*_exact_sum(a, axes, keepdims), n)
+    else:
+        s = _sum_forward(c, a, axes, keepdims, model)
+        pair = _divide_pair(s, np.zeros_like(s), n)
+    return to_float64(round_to(pair, model.acc, model.rounding))
 
 
 _SUM = Op("sum", _sum_forward, lambda ctx, g: (_spread(ctx, g),))
 _DIVIDE_BY_COUNT = Op("divide_by_count", lambda c, a, n: _divide_pair(a, np.zeros_like(a), n),
                       lambda ctx, g: (divide_by_count(g, ctx.args[0]),),
                       tensor_args=1)
-_MEAN = Op("mean", lambda c, a, axes, keepdims: _divide_pair(
-    *_exact_sum(a, axes, keepdims), _count(a.shape, axes)),
-           lambda ctx, g: (_spread(ctx, divide_by_count(
+_MEAN = Op("mean", _mean_forward, lambda ctx, g: (_spread(ctx, divide_by_count(
                g, _count(ctx.inputs[0].shape, ctx.params["axes"]))),))
 
 
@@ -97,14 +107,15 @@ def divide_by_count(a, n: int):
 
 
 def sum(a, axis=None, keepdims: bool = False, accumulate=None):
-    """The sum over axis: exact and rounded once, or accumulated by a model."""
+    """The sum over axis under the model (default: exact, rounded once to float32/64)."""
     return apply(_SUM, a, axes=_axes(a.ndim, axis), keepdims=keepdims,
                  accumulate=accumulate_model(accumulate))
 
 
-def mean(a, axis=None, keepdims: bool = False):
-    """The exact mean over axis (exact sum / count), rounded once to the compute format."""
+def mean(a, axis=None, keepdims: bool = False, accumulate=None):
+    """The mean over axis: the exact mean by default, else the model's sum / count."""
     axes = _axes(a.ndim, axis)
     if _count(a.shape, axes) == 0:
         raise ValueError("mean of an empty selection")
-    return apply(_MEAN, a, axes=axes, keepdims=keepdims)
+    return apply(_MEAN, a, axes=axes, keepdims=keepdims,
+                 accumulate=accumulate_model(accumulate))

@@ -1,0 +1,146 @@
+"""The exact matrix product through float64 BLAS, by error-free slicing (Ozaki's scheme).
+
+Each row of A is cut into slices A_s of integers below 2**beta in magnitude, scaled by a
+power of two per row (likewise each column of B, into B_t), with beta chosen so that
+K * (2**beta - 1)**2 < 2**53. Then every partial sum of every dot product inside
+A_s @ B_t is an integer below 2**53, so the float64 BLAS result is exact whatever order,
+blocking, FMA use or thread count the BLAS chooses. A @ B is the sum of the scaled slice
+products, added exactly (exact.exact_sum). Source: Ozaki, Ogita, Oishi, Rump 2012,
+"Error-free transformations of matrix multiplication by using fast routines of matrix
+multiplication and its applications", Numer. Algorithms 59.
+
+The number of BLAS calls is (slices of A) x (slices of B); a slice holds beta bits below
+each row's largest exponent (beta = 22 for K = 512), so float16 data needs one or two
+slices. Inputs with a non-finite value, or a magnitude outside [2**-300, 2**300], take
+a slower elementwise path instead: Dekker's exact products in blocks of K, summed exactly.
+An exact zero result is +0 (the sum starts from +0), as in the accumulation models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .exact import exact_sum, two_prod
+
+__all__ = ["exact_matmul", "slice_bits"]
+
+_LOW, _HIGH = 2.0 ** -300, 2.0 ** 300  # no scaled slice product can under- or overflow
+_CHUNK = 1 << 13  # outputs combined at a time
+K_BLOCK = 32  # the elementwise path's products per block: memory O(M*N*K_BLOCK)
+
+
+def slice_bits(K: int) -> int:
+    """The largest beta with K * (2**beta - 1)**2 < 2**53: bits per slice for dots of length K."""
+    beta = 26
+    while K * (2 ** beta - 1) ** 2 >= 2 ** 53:
+        beta -= 1
+    return beta
+
+
+def _slices(x: np.ndarray, axis: int, beta: int) -> tuple[list, np.ndarray]:
+    """x = sum_s X_s * 2**(e - beta*(s+1)) with integer X_s, |X_s| < 2**beta; e per line.
+
+    e is the frexp exponent of each line's largest magnitude along axis (|x| < 2**e), so
+    the leading slice takes the top beta bits of every element's position below 2**e.
+    """
+    e = np.frexp(np.max(np.abs(x), axis=axis, keepdims=True))[1]
+    out, rest, s = [], x, 0
+    while np.any(rest != 0):
+        shift = beta * (s + 1) - e
+        ints = np.trunc(np.ldexp(rest, shift))  # exact: a power-of-two scaling, then trunc
+        out.append(ints)
+        rest = rest - np.ldexp(ints, -shift)    # exact: removes leading bits of rest
+        s += 1
+    return out, e
+
+
+def _elementwise(a: np.ndarray, b: np.ndarray, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The exact pair from Dekker products, K_BLOCK at a time (handles inf, NaN, any range)."""
+    parts = []
+    for k in range(0, a.shape[-1], K_BLOCK):
+        hi, lo = two_prod(a[..., :, k:k + K_BLOCK, None], b[..., None, k:k + K_BLOCK, :])
+        lo = np.where(np.isfinite(hi), lo, 0.0)
+        parts.extend(exact_sum(np.concatenate([hi, lo], axis=-2), axis=-2))
+    if not parts:  # K == 0: the empty sum
+        return np.zeros(shape), np.zeros(shape)
+    return exact_sum(np.stack(parts, axis=-1), axis=-1)
+
+
+def _digits(levels: np.ndarray, beta: int) -> tuple[np.ndarray, np.ndarray]:
+    """(D, negative): base-2**beta digits of |V|, most significant first, and V < 0, for
+    V = sum_L levels[L] * 2**(beta * (Lmax - L)) (int64 levels, each below 2**63).
+
+    Three digits are added on top for the carries. Normalising from the bottom makes every
+    digit but the first lie in [0, 2**beta), so V < 0 exactly when the first is negative;
+    then the digits are negated and normalised again.
+    """
+    D = np.concatenate([np.zeros((3,) + levels.shape[1:], dtype=np.int64), levels])
+    negative = None
+    for _ in range(2):
+        for j in range(len(D) - 1, 0, -1):
+            carry = D[j] >> beta  # floor: D[j] - carry * 2**beta lies in [0, 2**beta)
+            D[j] -= carry << beta
+            D[j - 1] += carry
+        if negative is None:
+            negative = D[0] < 0
+            D = np.where(negative, -D, D)
+    return D, negative
+
+
+def _pair_from_levels(levels: np.ndarray, beta: int, exponent: np.ndarray) -> tuple:
+    """A rounding-equivalent (hi, lo) of 2**exponent * sum_L levels[L] 2**(beta(Lmax-L)).
+
+    hi takes the two leading nonzero digits (44 bits, exact), lo the next two plus half a
+    unit of the last when any digit below is nonzero. hi is a multiple of the spacing of the
+    54-bit grid at the value, and that spacing is a multiple of lo's last unit, so hi + lo
+    lies in the same open cell of the grid as the exact value: all rounding needs.
+    """
+    D, negative = _digits(levels, beta)
+    W = len(D) - 1
+    nonzero = D != 0
+    j0 = np.argmax(nonzero, axis=0)  # 0 when V = 0: every digit below is 0 too
+    below = np.logical_or.accumulate(nonzero[::-1], axis=0)[::-1]
+    pad = np.zeros((4,) + D.shape[1:], dtype=np.int64)
+    D, below = np.concatenate([D, pad]), np.concatenate([below, pad != 0])
+    d = [np.take_along_axis(D, (j0 + k)[None], axis=0)[0].astype(np.float64) for k in range(4)]
+    sticky = np.take_along_axis(below, (j0 + 4)[None], axis=0)[0]
+    sign = np.where(negative, -1.0, 1.0)
+    hi = np.ldexp(sign * (d[0] * 2.0 ** beta + d[1]), exponent + beta * (W - j0 - 1))
+    lo = np.ldexp(sign * (d[2] * 2.0 ** beta + d[3] + 0.5 * sticky), exponent + beta * (W - j0 - 3))
+    return hi + 0.0, lo + 0.0
+
+
+def exact_matmul(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """(hi, lo) rounding like the exact a @ b (float64 arrays, batch dims as np.matmul).
+
+    The pair is rounding-equivalent as exact.exact_sum's is; IEEE specials as in a sum of
+    IEEE products (inf * 0 is NaN, inf - inf is NaN).
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    K = a.shape[-1]
+    shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+    if 0 in shape or K == 0:  # nothing to compute, or the empty sum (+0)
+        return np.zeros(shape), np.zeros(shape)
+    mags = [np.abs(x[x != 0]) for x in (a, b)]
+    if any(m.size and not (np.all(np.isfinite(m)) and m.min() >= _LOW and m.max() <= _HIGH)
+           for m in mags):
+        return _elementwise(a, b, shape)
+    beta = slice_bits(max(K, 1))
+    sa, ea = _slices(a, -1, beta)
+    sb, eb = _slices(b, -2, beta)
+    if not sa or not sb:  # an all-zero operand: every product is 0, the sum +0
+        return np.zeros(shape), np.zeros(shape)
+    exponent = ea + eb - 2 * beta  # the unit of the leading slice product
+    if len(sa) == len(sb) == 1:
+        return np.ldexp(sa[0] @ sb[0], exponent) + 0.0, np.zeros(shape)
+    levels = np.zeros((len(sa) + len(sb) - 1,) + shape, dtype=np.int64)
+    for i, x in enumerate(sa):  # slice products of one level share a unit: add as integers
+        for j, y in enumerate(sb):
+            levels[i + j] += (x @ y).astype(np.int64)
+    levels = levels.reshape(len(levels), -1)
+    exponent = np.broadcast_to(exponent - beta * (len(levels) - 1), shape).reshape(-1)
+    hi, lo = np.empty(levels.shape[1]), np.empty(levels.shape[1])
+    for k in range(0, levels.shape[1], _CHUNK):  # in pieces that stay in cache
+        part = slice(k, k + _CHUNK)
+        hi[part], lo[part] = _pair_from_levels(levels[:, part], beta, exponent[part])
+    return hi.reshape(shape), lo.reshape(shape)

@@ -1,0 +1,94 @@
+"""The error-free BLAS matmul (Ozaki slicing) against exact rationals rounded by MPFR."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+import mpgrad
+from mpgrad.exact_matmul import exact_matmul, slice_bits
+from reference import ref_round
+
+MODES = ("nearest_even", "toward_zero", "up", "down", "nearest_away", "odd")
+TARGETS = [mpgrad.as_format(n) for n in ("float64", "float32", "float16", "bfloat16",
+                                         "float8_e4m3fn")]
+
+
+def exact_products(a: np.ndarray, b: np.ndarray) -> list:
+    """Row-major list of the exact dot products as Fractions."""
+    return [[sum((Fraction(float(a[i, k])) * Fraction(float(b[k, j]))
+                  for k in range(a.shape[1])), Fraction(0))
+             for j in range(b.shape[1])] for i in range(a.shape[0])]
+
+
+def check(a: np.ndarray, b: np.ndarray, formats=TARGETS, modes=MODES) -> None:
+    pair = exact_matmul(a, b)
+    want = exact_products(a, b)
+    for fmt in formats:
+        for mode in modes:
+            got = mpgrad.to_float64(mpgrad.round_to(pair, fmt, mode))
+            ref = [[ref_round(v, fmt, mode) for v in row] for row in want]
+            assert np.array_equal(got, np.array(ref), equal_nan=True), (fmt.name, mode)
+
+
+def values(rng, shape, fmt, spread):
+    x = rng.standard_normal(shape) * 2.0 ** rng.integers(-spread, spread + 1, shape)
+    v = mpgrad.to_float64(mpgrad.round_to(x, fmt))
+    return np.where(np.isfinite(v), v, 1.0)
+
+
+@pytest.mark.parametrize("fmt,spread", [("float16", 4), ("float16", 30), ("bfloat16", 120),
+                                        ("float32", 60), ("tf32", 10), ("float8_e5m2", 14)])
+def test_random_wide_range(fmt, spread):
+    rng = np.random.default_rng(spread)
+    for K in (1, 5, 33):
+        M, N = rng.integers(1, 5, 2)
+        a, b = values(rng, (M, K), fmt, spread), values(rng, (K, N), fmt, spread)
+        a[rng.random(a.shape) < 0.2] = 0.0
+        check(a, b)
+
+
+def test_cancellation_and_ties():
+    a = np.array([[2.0 ** 60, 1.0, -(2.0 ** 60), 2.0 ** -60],
+                  [1.0, 2.0 ** -24, 2.0 ** -24, 0.0],        # 1 + 2**-23: a float16 tie path
+                  [3.0, -3.0, 2.0 ** -100, -(2.0 ** -101)]])
+    b = np.array([[1.0], [1.0], [1.0], [1.0]])
+    check(a, b)
+    check(-a, b)
+
+
+def test_many_slices_and_carries():
+    """Rows spanning 500 binades need a dozen slices; sums near digit boundaries carry."""
+    rng = np.random.default_rng(7)
+    a = np.array([[2.0 ** 200, -(2.0 ** 150), 2.0 ** -250, 1.0, -(2.0 ** -280)]])
+    a = np.concatenate([a, -a, rng.standard_normal((2, 5))])
+    b = np.array([[2.0 ** 50, -1.0], [2.0 ** 100, 3.0], [2.0 ** -30, 2.0 ** 200],
+                  [-(2.0 ** 40), 2.0 ** -20], [1.0, 1.0]])
+    check(a, b)
+    k = 64  # (2**22 - 1)**2 * 64 sits right under 2**53: every partial sum is on the edge
+    top = float(2 ** slice_bits(k) - 1)
+    check(np.full((2, k), top), np.full((k, 2), top) * np.array([1.0, -1.0]))
+
+
+def test_batch_broadcast_zero_size_and_specials():
+    rng = np.random.default_rng(3)
+    a, b = values(rng, (2, 1, 3, 4), "bfloat16", 40), values(rng, (3, 4, 2), "bfloat16", 40)
+    hi, lo = exact_matmul(a, b)
+    assert hi.shape == (2, 3, 3, 2)
+    for i in range(2):
+        for j in range(3):
+            want = exact_products(a[i, 0], b[j])
+            got = mpgrad.to_float64(mpgrad.round_to((hi[i, j], lo[i, j]), "float32"))
+            assert got.tolist() == [[ref_round(v, mpgrad.float32, "nearest_even") for v in r]
+                                    for r in want]
+    for shape_a, shape_b in (((2, 0), (0, 3)), ((0, 4), (4, 3)), ((2, 4), (4, 0))):
+        hi, lo = exact_matmul(np.ones(shape_a), np.ones(shape_b))
+        assert hi.shape == (shape_a[0], shape_b[1]) and not np.any(hi) and not np.any(lo)
+    hi, lo = exact_matmul(np.array([[np.inf, 1.0], [1.0, 2.0 ** -400]]),
+                          np.array([[0.0, 1.0], [1.0, 1.0]]))
+    assert math.isnan(hi[0, 0]) and hi[0, 1] == np.inf and hi[1, 1] == 1 + 2.0 ** -400
+    hi, _ = exact_matmul(np.array([[-1.0, 2.0]]), np.array([[0.0], [-0.0]]))
+    assert hi[0, 0] == 0 and not np.signbit(hi[0, 0])  # an exact zero is +0
