@@ -130,6 +130,13 @@ def _floor_pair(ah: np.ndarray, al: np.ndarray, q: np.ndarray, want_frac: bool):
     return n0 - borrow, ~exact, above, tie, frac32
 
 
+def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Knuth's TwoSum: s = fl(a + b) and err with s + err == a + b exactly (no overflow)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
 def _split_pair(hi: np.ndarray, lo: np.ndarray, fmt: Format, want_frac: bool) -> _Split:
     """Split the exact values hi + lo (double-double) with error-free float64 operations."""
     finite = np.isfinite(hi) & np.isfinite(lo)
@@ -139,9 +146,7 @@ def _split_pair(hi: np.ndarray, lo: np.ndarray, fmt: Format, want_frac: bool) ->
         k = (finite & ~np.isfinite(hi + lo)).astype(np.int64)
     hi = np.where(finite, np.ldexp(hi, -k), 0.0)
     lo = np.where(finite, np.ldexp(lo, -k), 0.0)
-    s = hi + lo
-    bb = s - hi
-    err = (hi - (s - bb)) + (lo - bb)  # TwoSum (Knuth): s + err == hi + lo exactly
+    s, err = _two_sum(hi, lo)
     neg = np.signbit(np.where(finite, s, special))  # a zero follows IEEE's rule for hi + lo
     ah = np.abs(s)
     al = np.where(neg, -err, err)
@@ -279,6 +284,8 @@ def _nearest_even_cast(dtype: np.dtype, fmt: Format):
     if (dtype, fmt.storage) in _ASTYPE_CORRECTLY_ROUNDED or (
             src is not None and fmt.contains(src)):
         return (lambda a: a.astype(fmt.storage)), None  # allocates only its result
+    if dtype == np.float64 and fmt.storage == np.float32:  # IEEE conversion, round to nearest
+        return (lambda a: a.astype(np.float32)), None
     if dtype == np.float64 and (np.dtype(np.float32), fmt.storage) in _ASTYPE_CORRECTLY_ROUNDED:
         return (lambda a: _round_odd_float32(a).astype(fmt.storage)), 16 * CHUNK
     return None
@@ -315,15 +322,43 @@ def _random_words(gen: np.random.Generator, n: int) -> np.ndarray:
     return gen.bit_generator.random_raw((n + 1) // 2).astype("<u8").view("<u4")[:n]
 
 
-def _cast_block(a: np.ndarray, cast, fmt: Format) -> np.ndarray:
-    """cast(a), with NaN inputs given the format's own NaN (keeping the sign)."""
+def _cast_block(a: np.ndarray, cast, fmt: Format, targets: list[RoundingStats],
+                inexact: np.ndarray | None = None) -> np.ndarray:
+    """cast(a), with NaN inputs given the format's own NaN (keeping the sign), and the
+    RoundingStats _encode would record (inexact: where a itself already differs from the
+    exact input, for a rounded-to-odd pair)."""
     with np.errstate(over="ignore", invalid="ignore"):  # signalling NaNs are replaced below
         out = cast(a)
         nan = np.isnan(a)
     if nan.any():
         out[nan] = _store(_encode(to_float64(a[nan]), None, fmt, "nearest_even", None, False,
                                   True, []), fmt)
+    if targets:
+        x, y = to_float64(a), to_float64(out)
+        with np.errstate(invalid="ignore"):
+            finite, bad = np.isfinite(x), ~np.isfinite(y)
+            changed = (y != x) if inexact is None else (y != x) | inexact
+            rec = RoundingStats(
+                x.size, int(np.count_nonzero(finite & changed)),
+                int(np.count_nonzero(finite & bad)),
+                int(np.count_nonzero(finite & (x != 0) & (np.abs(y) < fmt.smallest_normal))),
+                int(np.count_nonzero(finite & np.isnan(y)
+                                     | (np.isinf(x) & (not fmt.infinities)))))
+        for target in targets:
+            target.add(rec)
     return out
+
+
+def _pair_round_odd(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(v, inexact): hi + lo rounded to odd in float64, and where it was inexact; None if
+    some value is non-finite or tiny (below 2**-1000, where the rule is not needed)."""
+    s, e = _two_sum(hi, lo)
+    a = np.abs(s)
+    if not (np.all(np.isfinite(s)) and np.all((a >= 2.0 ** -1000) | (a == 0))):
+        return None
+    inexact = e != 0
+    nudge = inexact & ((s.view(np.int64) & 1) == 0)  # even and inexact: step toward e
+    return np.where(nudge, np.nextafter(s, np.where(e > 0, np.inf, -np.inf)), s), inexact
 
 
 def round_to(x, fmt: Format | str, mode: str = "nearest_even", *, rng=None,
@@ -339,25 +374,32 @@ def round_to(x, fmt: Format | str, mode: str = "nearest_even", *, rng=None,
         raise ValueError(f"unknown rounding mode {mode!r}; valid modes: {', '.join(MODES)}")
     targets = ([stats] if stats is not None else []) + getattr(_recording, "stack", [])
     cast, step = None, CHUNK
+    plain = mode == "nearest_even" and not saturate and subnormals
     if isinstance(x, tuple):
         if len(x) != 2:
             raise ValueError("a double-double input is a pair (hi, lo)")
         hi, lo = np.broadcast_arrays(to_float64(x[0]), to_float64(x[1]))
+        fast = _nearest_even_cast(hi.dtype, fmt) if plain and fmt.precision <= 51 else None
+        odd = _pair_round_odd(hi, lo) if fast is not None else None
+        if odd is not None:
+            # round to odd at 53 bits, then to nearest at p <= 51 bits: one rounding
+            # (Boldo & Melquiond 2008, Thm. 1)
+            return _cast_block(odd[0], fast[0], fmt, targets, odd[1])
         lo = lo.ravel()
     else:
         hi, lo = np.asarray(x), None
         to_float64(hi.ravel()[:0])  # reject dtypes without exact float64 values early
-        if mode == "nearest_even" and not saturate and subnormals and not targets:
+        if plain:
             cast, step = _nearest_even_cast(hi.dtype, fmt) or (None, CHUNK)
             if cast is not None and step is None:  # a plain cast: nothing to bound
-                return _cast_block(hi, cast, fmt)
+                return _cast_block(hi, cast, fmt, targets)
     gen = _rng.generator(rng) if mode == "stochastic" else None
     shape, hi = hi.shape, hi.ravel()
     out = np.empty(hi.size, fmt.storage)
     for a in range(0, hi.size, step):  # step is even: the random words do not depend on it
         b = min(a + step, hi.size)
         if cast is not None:
-            out[a:b] = _cast_block(hi[a:b], cast, fmt)
+            out[a:b] = _cast_block(hi[a:b], cast, fmt, targets)
             continue
         k = None if gen is None else _random_words(gen, b - a)
         codes = _encode(to_float64(hi[a:b]), None if lo is None else lo[a:b], fmt, mode, k,

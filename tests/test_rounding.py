@@ -1155,3 +1155,30 @@ def test_stochastic_with_saturate_and_flush():
     tiny = np.full(2000, -0.75 * 2.0 ** -24)
     got = round_to(tiny, F16, "stochastic", rng=3, subnormals=False).astype(np.float64)
     assert np.all(got == 0) and np.all(np.signbit(got))
+
+
+@pytest.mark.parametrize("name", ["float32", "float16", "bfloat16", "float8_e4m3fn",
+                                  "float8_e5m2"])
+def test_fast_path_stats_and_pairs_match_the_integer_algorithm(name):
+    """The cast fast paths (float64/float32 arrays, and (hi, lo) pairs rounded to odd first)
+    give the bits and the RoundingStats of the integer algorithm (rounding._encode)."""
+    from mpgrad import rounding
+    fmt = mpgrad.as_format(name)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(20000) * 2.0 ** rng.integers(-160, 140, 20000)
+    x[:6] = [0.0, -0.0, np.inf, -np.inf, np.nan, fmt.max * 1.5]
+    ulp = np.abs(x) * 2.0 ** -53
+    lo = np.where(np.isfinite(x), ulp * rng.choice([-0.5, -0.25, 0.0, 0.25, 0.5], 20000), 0.0)
+    # midpoints of fmt (ties in float64) with a tiny lo of either sign, or none: lo decides
+    v = mpgrad.to_float64(round_to(rng.standard_normal(3000), fmt))
+    mid = (v + mpgrad.to_float64(mpgrad.next_up(round_to(v, fmt), fmt))) / 2
+    tiny = np.abs(mid) * 2.0 ** -70 * rng.choice([-1.0, 0.0, 1.0], 3000)
+    for arg in (x, x.astype(np.float32), (x, lo), (mid, tiny)):
+        fast = RoundingStats()
+        got = round_to(arg, fmt, stats=fast)
+        hi, low = (arg if isinstance(arg, tuple) else (mpgrad.to_float64(arg), None))
+        codes = rounding._encode(mpgrad.to_float64(hi), low, fmt, "nearest_even", None, False, True,
+                                 [s := RoundingStats()])
+        want = rounding._store(codes, fmt)
+        assert np.array_equal(mpgrad.to_float64(got), mpgrad.to_float64(want), equal_nan=True)
+        assert fast == s, (fast, s)
