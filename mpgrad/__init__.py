@@ -10,7 +10,8 @@ from .autograd import enable_grad, is_grad_enabled, no_grad
 from .policy import Policy, autocast, promote, use_policy
 from .tensor import Tensor, arange, full, ones, rand, randn, tensor, zeros
 from .ops import *  # noqa: F401,F403  (every op as mpgrad.<name>)
-from . import ops, testing
+from . import accumulate, amp, nn, ops, optim, testing
+from .accumulate import hardware
 from .rounding import (MODES, STOCHASTIC_BITS, RoundingStats, record_rounding, round_to,
                        to_float64)
 
@@ -23,5 +24,6 @@ __all__ = [
     "MODES", "STOCHASTIC_BITS", "RoundingStats", "record_rounding", "round_to", "to_float64",
     "enable_grad", "is_grad_enabled", "no_grad", "Policy", "autocast", "promote", "use_policy",
     "Tensor", "arange", "full", "ones", "rand", "randn", "tensor", "zeros", "ops", "testing",
+    "accumulate", "hardware", "amp", "nn", "optim",
     *ops.__all__,
 ]
