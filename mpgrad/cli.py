@@ -1,14 +1,19 @@
-"""Command line: `python -m mpgrad formats` (or `mpgrad formats`)."""
+"""Command line: `mpgrad formats`, `mpgrad describe`, `mpgrad train`, `mpgrad compare`
+(also as `python -m mpgrad ...`)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .bits import describe
 from .formats import FORMATS
 
 __all__ = ["main", "formats_table"]
+
+DEFAULTS = {"steps": 300, "batch_size": 128, "lr": 0.01, "momentum": 0.0, "seed": 0,
+            "hidden": 500}
 
 
 def formats_table() -> str:
@@ -27,8 +32,80 @@ def formats_table() -> str:
     return "\n".join(lines)
 
 
+def _training_options(p: argparse.ArgumentParser) -> None:
+    """The options shared by train and compare."""
+    p.add_argument("--steps", type=int, default=DEFAULTS["steps"])
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"])
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--hidden", type=int, default=DEFAULTS["hidden"])
+    p.add_argument("--data", default="auto", help="auto (digits if scikit-learn is installed, "
+                   "else synthetic), synthetic or digits")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the loss curves (needs matplotlib)")
+
+
+class _Progress:
+    """A progress line on stderr, redrawn about every 2% of a run."""
+
+    def __init__(self, name: str, steps: int) -> None:
+        self.name, self.steps, self.every = name, steps, max(1, steps // 50)
+
+    def __call__(self, step: int, loss: float) -> None:
+        if step % self.every == 0 or step == self.steps:
+            end = "\n" if step == self.steps else ""
+            print(f"\r{self.name}: step {step}/{self.steps}  loss {loss:.4f}", end=end,
+                  file=sys.stderr, flush=True)
+
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, or an ImportError saying how to install it."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("--plot needs matplotlib: pip install matplotlib") from err
+    return plt
+
+
+def _plot(results: list, path: str) -> None:
+    """Loss curves of the runs into a PNG file."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in results:
+        ax.plot(r.losses, label=r.recipe)
+    ax.set(xlabel="step", ylabel="training loss", yscale="log")
+    ax.legend()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def _run(args, names: list[str]) -> list:
+    """Train each recipe with the command's options; print the table."""
+    from .data import load
+    from .recipes import get_recipe
+    from .train import results_table, train
+    for name in names:
+        get_recipe(name)  # unknown names fail before any training
+    if args.plot:
+        _pyplot()  # so does a missing matplotlib
+    data = load(args.data, args.seed)
+    print(f"data: {data.name} ({len(data.y_train)} train / {len(data.y_test)} test, "
+          f"{data.features} features, {data.classes} classes); MLP {data.features}-"
+          f"{args.hidden}-{data.classes}, SGD lr {args.lr} momentum {args.momentum}, "
+          f"batch {args.batch_size}, {args.steps} steps, seed {args.seed}", file=sys.stderr)
+    results = [train(name, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                     momentum=args.momentum, seed=args.seed, data=data, hidden=args.hidden,
+                     progress=_Progress(name, args.steps)) for name in names]
+    print(results_table(results))
+    if args.plot:
+        _plot(results, args.plot)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the mpgrad command."""
+    from .recipes import DEFAULT_RECIPES
     parser = argparse.ArgumentParser(prog="mpgrad", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("formats", help="print the table of built-in number formats")
@@ -36,14 +113,34 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("value", type=float)
     d.add_argument("format", nargs="*", default=list(FORMATS), help="formats (default: all)")
     d.add_argument("--mode", default="nearest_even")
+    t = sub.add_parser("train", help="train the demo MLP under one recipe")
+    t.add_argument("--recipe", default="mixed_float16")
+    t.add_argument("--out", metavar="FILE.npz", help="save losses, scales and per-step "
+                   "parameter hashes")
+    _training_options(t)
+    c = sub.add_parser("compare", help="train the demo MLP under several recipes, one table")
+    c.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
+                   help="comma-separated recipe names (default: all built-in recipes)")
+    c.add_argument("--out", metavar="DIR", help="save each run as DIR/RECIPE.npz")
+    _training_options(c)
     args = parser.parse_args(argv)
-    if args.command == "formats":
-        print(formats_table())
-    else:
-        try:
+    try:
+        if args.command == "formats":
+            print(formats_table())
+        elif args.command == "describe":
             print("\n\n".join(str(describe(args.value, f, args.mode)) for f in args.format))
-        except ValueError as err:
-            parser.error(str(err))
+        elif args.command == "train":
+            (result,) = _run(args, [args.recipe])
+            if args.out:
+                result.save(args.out)
+        else:
+            results = _run(args, [n.strip() for n in args.recipes.split(",") if n.strip()])
+            if args.out:
+                os.makedirs(args.out, exist_ok=True)
+                for r in results:
+                    r.save(os.path.join(args.out, f"{r.recipe}.npz"))
+    except (ValueError, ImportError) as err:
+        parser.error(str(err))
     return 0
 
 

@@ -9,9 +9,11 @@ products, added exactly (exact.exact_sum). Source: Ozaki, Ogita, Oishi, Rump 201
 "Error-free transformations of matrix multiplication by using fast routines of matrix
 multiplication and its applications", Numer. Algorithms 59.
 
-The number of BLAS calls is (slices of A) x (slices of B); a slice holds beta bits below
-each row's largest exponent (beta = 22 for K = 512), so float16 data needs one or two
-slices. Inputs with a non-finite value, or a magnitude outside [2**-300, 2**300], take
+The number of BLAS calls is (slices of A) x (slices of B). The slice widths beta_a,
+beta_b (with K * 2**(beta_a + beta_b) <= 2**53) are chosen from the bits each operand's
+rows or columns span, so that one or two products suffice where possible; their results
+form an exact (hi, lo) pair as they are. Otherwise equal widths (beta = 22 for K = 512)
+give levels of equal unit, added as int64 base-2**beta digits. Inputs with a non-finite value, or a magnitude outside [2**-300, 2**300], take
 a slower elementwise path instead: Dekker's exact products in blocks of K, summed exactly.
 An exact zero result is +0 (the sum starts from +0), as in the accumulation models.
 """
@@ -37,13 +39,21 @@ def slice_bits(K: int) -> int:
     return beta
 
 
-def _slices(x: np.ndarray, axis: int, beta: int) -> tuple[list, np.ndarray]:
-    """x = sum_s X_s * 2**(e - beta*(s+1)) with integer X_s, |X_s| < 2**beta; e per line.
+def _span(x: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
+    """(e, span): per line along axis, |x| < 2**e (e = 0 on a zero line), and the largest
+    number of bit positions any line needs, from its top (e) to its lowest set bit."""
+    m, ex = np.frexp(x)  # x = m * 2**ex with 0.5 <= |m| < 1
+    sig = np.abs(np.ldexp(m, 53)).astype(np.int64)  # the 53-bit integer significand
+    low = ex - 53 + np.frexp((sig & -sig).astype(np.float64))[1] - 1  # lowest set bit
+    nonzero = x != 0
+    e = np.max(np.where(nonzero, ex, -4096), axis=axis, keepdims=True)
+    bottom = np.min(np.where(nonzero, low, 4096), axis=axis, keepdims=True)
+    used = e > -4096
+    return np.where(used, e, 0), int(np.max(np.where(used, e - bottom, 0), initial=0))
 
-    e is the frexp exponent of each line's largest magnitude along axis (|x| < 2**e), so
-    the leading slice takes the top beta bits of every element's position below 2**e.
-    """
-    e = np.frexp(np.max(np.abs(x), axis=axis, keepdims=True))[1]
+
+def _slices(x: np.ndarray, e: np.ndarray, beta: int) -> list:
+    """X_s with x = sum_s X_s * 2**(e - beta*(s+1)), integers |X_s| < 2**beta (|x| < 2**e)."""
     out, rest, s = [], x, 0
     while np.any(rest != 0):
         shift = beta * (s + 1) - e
@@ -51,9 +61,21 @@ def _slices(x: np.ndarray, axis: int, beta: int) -> tuple[list, np.ndarray]:
         out.append(ints)
         rest = rest - np.ldexp(ints, -shift)    # exact: removes leading bits of rest
         s += 1
-    return out, e
+    return out
 
 
+def _widths(K: int, span_a: int, span_b: int) -> tuple[int, int]:
+    """Slice widths (beta_a, beta_b) with K * 2**(beta_a + beta_b) <= 2**53 that need the
+    fewest BLAS products, when one or two suffice; else the equal widths of slice_bits."""
+    budget = 53 - (K - 1).bit_length()  # K <= 2**(53 - budget)
+    if span_a + span_b <= budget:
+        return max(span_a, 1), budget - max(span_a, 1)
+    if 1 <= span_b < budget and span_a <= 2 * (budget - span_b):  # A in two slices, B in one
+        return budget - span_b, span_b
+    if 1 <= span_a < budget and span_b <= 2 * (budget - span_a):  # A in one, B in two
+        return span_a, budget - span_a
+    beta = slice_bits(K)
+    return beta, beta
 def _elementwise(a: np.ndarray, b: np.ndarray, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
     """The exact pair from Dekker products, K_BLOCK at a time (handles inf, NaN, any range)."""
     parts = []
@@ -125,14 +147,18 @@ def exact_matmul(a, b) -> tuple[np.ndarray, np.ndarray]:
     if any(m.size and not (np.all(np.isfinite(m)) and m.min() >= _LOW and m.max() <= _HIGH)
            for m in mags):
         return _elementwise(a, b, shape)
-    beta = slice_bits(max(K, 1))
-    sa, ea = _slices(a, -1, beta)
-    sb, eb = _slices(b, -2, beta)
+    ea, span_a = _span(a, -1)
+    eb, span_b = _span(b, -2)
+    beta_a, beta_b = _widths(K, span_a, span_b)
+    sa, sb = _slices(a, ea, beta_a), _slices(b, eb, beta_b)
     if not sa or not sb:  # an all-zero operand: every product is 0, the sum +0
         return np.zeros(shape), np.zeros(shape)
+    if len(sa) * len(sb) <= 2:  # one or two exact scaled products: an exact pair as it is
+        terms = [np.ldexp(x @ y, ea - beta_a * (i + 1) + eb - beta_b * (j + 1)) + 0.0
+                 for i, x in enumerate(sa) for j, y in enumerate(sb)]
+        return terms[0], terms[1] if len(terms) == 2 else np.zeros(shape)
+    beta = beta_a  # equal widths here: slice products of one level share a unit
     exponent = ea + eb - 2 * beta  # the unit of the leading slice product
-    if len(sa) == len(sb) == 1:
-        return np.ldexp(sa[0] @ sb[0], exponent) + 0.0, np.zeros(shape)
     levels = np.zeros((len(sa) + len(sb) - 1,) + shape, dtype=np.int64)
     for i, x in enumerate(sa):  # slice products of one level share a unit: add as integers
         for j, y in enumerate(sb):

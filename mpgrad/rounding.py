@@ -352,13 +352,15 @@ def _cast_block(a: np.ndarray, cast, fmt: Format, targets: list[RoundingStats],
 def _pair_round_odd(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(v, inexact): hi + lo rounded to odd in float64, and where it was inexact; None if
     some value is non-finite or tiny (below 2**-1000, where the rule is not needed)."""
-    s, e = _two_sum(hi, lo)
+    with np.errstate(over="ignore", invalid="ignore"):
+        s, e = _two_sum(hi, lo)
     a = np.abs(s)
     if not (np.all(np.isfinite(s)) and np.all((a >= 2.0 ** -1000) | (a == 0))):
         return None
     inexact = e != 0
     nudge = inexact & ((s.view(np.int64) & 1) == 0)  # even and inexact: step toward e
-    return np.where(nudge, np.nextafter(s, np.where(e > 0, np.inf, -np.inf)), s), inexact
+    with np.errstate(over="ignore"):  # (only where not selected: DBL_MAX is odd)
+        return np.where(nudge, np.nextafter(s, np.where(e > 0, np.inf, -np.inf)), s), inexact
 
 
 def round_to(x, fmt: Format | str, mode: str = "nearest_even", *, rng=None,
@@ -379,6 +381,9 @@ def round_to(x, fmt: Format | str, mode: str = "nearest_even", *, rng=None,
         if len(x) != 2:
             raise ValueError("a double-double input is a pair (hi, lo)")
         hi, lo = np.broadcast_arrays(to_float64(x[0]), to_float64(x[1]))
+        if not lo.any():  # hi + lo is exact in float64 (IEEE's zero sign included)
+            return round_to(hi + lo, fmt, mode, rng=rng, saturate=saturate, subnormals=subnormals,
+                            stats=stats)
         fast = _nearest_even_cast(hi.dtype, fmt) if plain and fmt.precision <= 51 else None
         odd = _pair_round_odd(hi, lo) if fast is not None else None
         if odd is not None:

@@ -92,3 +92,21 @@ def test_batch_broadcast_zero_size_and_specials():
     assert math.isnan(hi[0, 0]) and hi[0, 1] == np.inf and hi[1, 1] == 1 + 2.0 ** -400
     hi, _ = exact_matmul(np.array([[-1.0, 2.0]]), np.array([[0.0], [-0.0]]))
     assert hi[0, 0] == 0 and not np.signbit(hi[0, 0])  # an exact zero is +0
+
+
+@pytest.mark.parametrize("bits_a,bits_b,products", [(11, 11, 1), (30, 20, 2), (20, 30, 2),
+                                                     (40, 40, 4)])
+def test_slice_widths_use_few_products_and_stay_exact(bits_a, bits_b, products):
+    """Rows of A spanning bits_a bit positions, columns of B bits_b, K = 64 (budget 47)."""
+    from mpgrad import exact_matmul as em
+    rng = np.random.default_rng(bits_a * 100 + bits_b)
+    a = rng.integers(1, 2 ** 11, (3, 64)) * 2.0 ** rng.integers(0, bits_a - 10, (3, 64))
+    b = rng.integers(1, 2 ** 11, (64, 2)) * 2.0 ** rng.integers(0, bits_b - 10, (64, 2))
+    a[:, 0], b[0] = 2.0 ** (bits_a - 1), 2.0 ** (bits_b - 1)  # the top bit; 1 is the lowest
+    a[:, 1], b[1] = 1.0, 1.0
+    a *= rng.choice([-1.0, 1.0], a.shape)
+    beta_a, beta_b = em._widths(64, em._span(a, -1)[1], em._span(b, -2)[1])
+    n = len(em._slices(a, em._span(a, -1)[0], beta_a)) * len(
+        em._slices(b, em._span(b, -2)[0], beta_b))
+    assert n == products
+    check(a, b, modes=("nearest_even", "toward_zero"))

@@ -1,0 +1,142 @@
+"""The training demo: the seed article's MLP trained under a Recipe, with what went wrong
+counted (skipped steps, underflowed gradients, lost updates) and every step hashed."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import nn
+from .amp import GradScaler
+from .autograd import no_grad
+from .data import Dataset, load
+from .nn import functional as F
+from .optim import SGD
+from .policy import autocast
+from .recipes import Recipe, get_recipe
+from .rng import manual_seed
+from .rounding import record_rounding
+from .tensor import Tensor
+
+__all__ = ["RunResult", "train", "param_hash", "results_table"]
+
+
+def param_hash(t: Tensor) -> int:
+    """A 64-bit hash of a tensor's format name and stored bits (equal iff same bits, w.h.p.)."""
+    h = hashlib.blake2b(t.dtype.name.encode() + t.data.tobytes(), digest_size=8)
+    return int.from_bytes(h.digest(), "little")
+
+
+@dataclass
+class RunResult:
+    """Everything one training run measured; `save` writes it to an .npz file."""
+
+    recipe: str
+    data: str
+    losses: np.ndarray          # the training loss of each step (its stored value)
+    scales: np.ndarray          # the loss scale used at each step (1 without scaling)
+    hashes: np.ndarray          # (steps, parameters) uint64: param_hash after each step
+    names: list[str]            # parameter names, the columns of hashes
+    test_loss: float
+    accuracy: float
+    skipped_steps: int
+    final_scale: float
+    underflows: int             # gradient roundings in backward whose nonzero value became 0 or subnormal
+    lost_updates: int           # parameter elements whose nonzero update was rounded away
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+    def final_loss(self, last: int = 20) -> float:
+        """The mean training loss over the last steps (finite ones)."""
+        tail = self.losses[-last:]
+        tail = tail[np.isfinite(tail)]
+        return float(tail.mean()) if tail.size else float("nan")
+
+    def save(self, path: str) -> None:
+        """Write losses, scales, hashes and the summary numbers to an .npz (no pickle)."""
+        np.savez(path, recipe=np.array(self.recipe), data=np.array(self.data),
+                 losses=self.losses, scales=self.scales, hashes=self.hashes,
+                 names=np.array(self.names), test_loss=self.test_loss,
+                 accuracy=self.accuracy, skipped_steps=self.skipped_steps,
+                 final_scale=self.final_scale, underflows=self.underflows,
+                 lost_updates=self.lost_updates, seconds=self.seconds)
+
+
+def _evaluate(model: nn.Module, recipe: Recipe, data: Dataset) -> tuple[float, float]:
+    """(test loss, accuracy) with the recipe's forward pass."""
+    model.eval()
+    with no_grad(), _autocast(recipe):
+        logits = model(Tensor(data.x_test, recipe.param))
+        loss = F.cross_entropy(logits, data.y_test).item()
+    pred = np.argmax(logits.to_float64(), axis=1)
+    model.train()
+    return loss, float(np.mean(pred == data.y_test))
+
+
+def _autocast(recipe: Recipe):
+    return autocast(recipe.autocast) if recipe.autocast is not None else contextlib.nullcontext()
+
+
+def train(recipe: Recipe | str, steps: int = 300, batch_size: int = 128, lr: float = 0.05,
+          momentum: float = 0.0, seed: int = 0, data: Dataset | str = "auto",
+          hidden: int = 500, progress: Callable[[int, float], None] | None = None) -> RunResult:
+    """Train the MLP (features -> hidden -> ReLU -> classes) with SGD under the recipe."""
+    recipe = get_recipe(recipe)
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+    data = load(data, seed) if isinstance(data, str) else data
+    manual_seed(seed)
+    model = nn.MLP((data.features, hidden, data.classes), dtype=recipe.param, rng=seed)
+    names = [n for n, _ in model.named_parameters()]
+    opt = SGD(model.parameters(), lr=lr, momentum=momentum, master_dtype=recipe.master,
+              update_rounding=recipe.update_rounding, kahan=recipe.kahan, rng=seed)
+    scaler = GradScaler(**recipe.scaler) if recipe.scaler is not None else None
+    batches = np.random.default_rng(seed + 1)
+    losses, scales = np.empty(steps), np.ones(steps)
+    hashes = np.empty((steps, len(names)), dtype=np.uint64)
+    underflows, start = 0, time.perf_counter()
+    for step in range(steps):
+        idx = batches.integers(0, len(data.y_train), batch_size)
+        opt.zero_grad()
+        with _autocast(recipe):
+            loss = F.cross_entropy(model(Tensor(data.x_train[idx], recipe.param)),
+                                   data.y_train[idx])
+        with record_rounding() as stats:
+            (scaler.scale(loss) if scaler else loss).backward()
+        underflows += stats.underflow
+        if scaler:
+            scales[step] = scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        losses[step] = loss.item()
+        hashes[step] = [param_hash(p) for p in model.parameters()]
+        if progress is not None:
+            progress(step + 1, losses[step])
+    seconds = time.perf_counter() - start
+    test_loss, accuracy = _evaluate(model, recipe, data)
+    return RunResult(recipe.name, data.name, losses, scales, hashes, names, test_loss, accuracy,
+                     scaler.skipped_steps if scaler else 0,
+                     scaler.get_scale() if scaler else 1.0, underflows, opt.lost_updates,
+                     seconds)
+
+
+def results_table(results: list[RunResult]) -> str:
+    """The comparison table printed by `mpgrad compare`."""
+    head = ("recipe", "final loss", "test loss", "accuracy", "skipped", "loss scale",
+            "grad underflows", "lost updates", "time [s]")
+    rows = [head] + [(r.recipe, f"{r.final_loss():.4f}", f"{r.test_loss:.4f}",
+                      f"{100 * r.accuracy:.1f}%", str(r.skipped_steps), f"{r.final_scale:g}",
+                      str(r.underflows), str(r.lost_updates), f"{r.seconds:.1f}")
+                     for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                       enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

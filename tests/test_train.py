@@ -1,0 +1,151 @@
+"""Recipes, the training loop, the demo's claims, and bit-for-bit reproducibility."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import mpgrad
+from mpgrad.cli import main
+from mpgrad.data import load, synthetic
+from mpgrad.recipes import DEFAULT_RECIPES, RECIPES, Recipe, get_recipe
+from mpgrad.train import param_hash, results_table, train
+
+SMALL = dict(steps=4, batch_size=16, hidden=24, data=synthetic(n=200))
+
+
+@pytest.mark.parametrize("name", DEFAULT_RECIPES)
+def test_every_recipe_trains_and_is_deterministic(name):
+    a, b = train(name, **SMALL), train(name, **SMALL)
+    assert np.all(np.isfinite(a.losses)) and a.hashes.shape == (4, 4)
+    assert np.array_equal(a.hashes, b.hashes) and np.array_equal(a.losses, b.losses)
+    recipe = RECIPES[name]
+    model = mpgrad.nn.MLP((64, 24, 10), dtype=recipe.param, rng=0)
+    assert [p.dtype for p in model.parameters()] == [recipe.param] * 4
+    assert a.names == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+def test_a_different_seed_gives_different_bits():
+    assert not np.array_equal(train("fp32", **SMALL).hashes,
+                              train("fp32", **{**SMALL, "seed": 1}).hashes)
+
+
+def test_recipes_are_data():
+    mine = Recipe("bf16_master", "bfloat16 weights with a float32 master copy", param="bf16",
+                  master="f32", scaler={"init_scale": 2.0 ** 10})
+    assert mine.param == mpgrad.bfloat16 and mine.master == mpgrad.float32
+    result = train(mine, **SMALL)
+    assert result.recipe == "bf16_master" and result.final_scale == 2.0 ** 10
+    # torch's GradScaler refuses float16 gradients (float16 parameters), and so does mpgrad's
+    with pytest.raises(ValueError, match="FP16 gradients"):
+        train(Recipe("fp16_scaled", "", param="fp16", scaler={}), **SMALL)
+    assert get_recipe("pure_bfloat16").param == mpgrad.bfloat16
+    with pytest.raises(ValueError, match="unknown recipe 'x'.*fp32"):
+        get_recipe("x")
+    with pytest.raises(ValueError, match="steps"):
+        train("fp32", **{**SMALL, "steps": 0})
+
+
+def test_lost_updates_and_underflows_are_counted_where_they_happen():
+    """float16 weights lose updates below half an ulp that float32 weights keep; the naive
+    float16 backward produces subnormal/zero gradients, the float32 one none."""
+    naive, fp32 = train("seed_naive_fp16", **SMALL), train("fp32", **SMALL)
+    assert naive.lost_updates > 10 * max(fp32.lost_updates, 1)
+    assert naive.underflows > 0 and fp32.underflows == 0
+    kahan = train("bfloat16_kahan", **SMALL)
+    assert kahan.lost_updates > 0  # counted even though the compensation keeps them
+
+
+def test_loss_scaling_skips_overflowing_steps():
+    """A scale of 2**40 overflows float16 gradients: the step is skipped, the scale halves."""
+    recipe = Recipe("huge_scale", "mixed float16 with an absurd initial scale",
+                    autocast="fp16", scaler={"init_scale": 2.0 ** 40})
+    result = train(recipe, **SMALL)
+    assert result.skipped_steps == 4 and result.final_scale == 2.0 ** 36
+    assert list(result.scales) == [2.0 ** 40, 2.0 ** 39, 2.0 ** 38, 2.0 ** 37]
+    assert np.all(result.hashes == result.hashes[0])  # no step changed the weights
+
+
+def test_param_hash_sees_format_and_bits():
+    x = mpgrad.tensor([1.0, 2.0], dtype="fp16")
+    assert param_hash(x) == param_hash(mpgrad.tensor([1.0, 2.0], dtype="fp16"))
+    assert param_hash(x) != param_hash(mpgrad.tensor([1.0, 2.0], dtype="bf16"))
+    assert param_hash(x) != param_hash(mpgrad.tensor([1.0, -2.0], dtype="fp16"))
+
+
+def test_data():
+    d = synthetic()
+    assert d.features == 64 and d.classes == 10 and len(d.y_train) == 1600
+    assert np.array_equal(d.x_train, synthetic().x_train)
+    assert load("auto").name in ("digits", "synthetic")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load("mnist")
+
+
+def test_digits_dataset_when_scikit_learn_is_installed():
+    pytest.importorskip("sklearn")
+    d = load("digits")
+    assert d.name == "digits" and d.features == 64 and d.classes == 10
+    assert len(d.y_train) + len(d.y_test) == 1797 and d.x_train.max() <= 1.0
+    assert load("auto").name == "digits"
+
+
+def test_plot_when_matplotlib_is_installed(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "loss.png"
+    assert main(["compare", "--recipes", "fp32,pure_bfloat16", "--steps", "2", "--hidden",
+                 "8", "--data", "synthetic", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_train_and_compare(tmp_path, capsys):
+    out = tmp_path / "run.npz"
+    assert main(["train", "--recipe", "fp32", "--steps", "3", "--batch-size", "8",
+                 "--hidden", "16", "--data", "synthetic", "--out", str(out)]) == 0
+    run = np.load(out, allow_pickle=False)
+    assert run["hashes"].shape == (3, 4) and str(run["recipe"]) == "fp32"
+    assert main(["compare", "--recipes", "fp32,pure_bfloat16", "--steps", "2", "--hidden",
+                 "8", "--data", "synthetic", "--out", str(tmp_path / "cmp")]) == 0
+    table = capsys.readouterr().out
+    assert "pure_bfloat16" in table and "lost updates" in table
+    assert sorted(os.listdir(tmp_path / "cmp")) == ["fp32.npz", "pure_bfloat16.npz"]
+    with pytest.raises(SystemExit):
+        main(["compare", "--recipes", "fp32,nope", "--steps", "2"])
+
+
+def test_results_table_lists_every_run():
+    runs = [train(n, **SMALL) for n in ("fp32", "mixed_float16")]
+    lines = results_table(runs).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("fp32") and "65536" in lines[3]
+
+
+def _hashes_in_subprocess(tmp_path, threads: str) -> np.ndarray:
+    out = tmp_path / f"run{threads}.npz"
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+    subprocess.run([sys.executable, "-m", "mpgrad", "train", "--recipe", "mixed_float16",
+                    "--steps", "5", "--batch-size", "64", "--data", "synthetic",
+                    "--out", str(out)], check=True, env=env, capture_output=True)
+    return np.load(out)["hashes"]
+
+
+def test_same_parameter_hashes_in_fresh_processes_with_1_and_2_blas_threads(tmp_path):
+    one, two = _hashes_in_subprocess(tmp_path, "1"), _hashes_in_subprocess(tmp_path, "2")
+    assert one.shape == (5, 4) and np.array_equal(one, two)
+    assert len({tuple(row) for row in one}) == 5  # every step changed the parameters
+
+
+@pytest.mark.slow
+def test_demo_mixed_float16_matches_fp32_and_naive_float16_is_worse():
+    """The README's demo (synthetic data, 300 steps, lr 0.01): docs/training.md's numbers."""
+    runs = {name: train(name, data="synthetic")
+            for name in ("fp32", "seed_naive_fp16", "mixed_float16", "pure_bfloat16",
+                         "bfloat16_stochastic")}
+    loss = {name: run.final_loss() for name, run in runs.items()}
+    assert abs(loss["mixed_float16"] - loss["fp32"]) < 0.03 * loss["fp32"]
+    assert loss["seed_naive_fp16"] > 1.01 * loss["fp32"]
+    assert loss["pure_bfloat16"] > 1.1 * loss["fp32"]
+    assert loss["bfloat16_stochastic"] < 1.03 * loss["fp32"]
