@@ -1,8 +1,8 @@
 """Time of each accumulation model for an M = N = K matmul next to NumPy's float32 matmul.
 
 Run: python benchmarks/bench_matmul.py [--n 512]
-Not a test: it prints times, ratios to float32 BLAS measured in the same run, and peak
-memory allocated by NumPy; it asserts nothing.
+Not a test: it prints median times, ratios to float32 BLAS measured in the same run, and
+peak memory allocated by NumPy (traced in a separate call); it asserts nothing.
 """
 
 from __future__ import annotations
@@ -17,15 +17,19 @@ import mpgrad
 from mpgrad.accumulate import Exact, Sequential, hardware, matmul_model
 
 
-def timed(fn) -> tuple[float, float]:
-    """(seconds, peak MiB) of one call of fn."""
+def timed(fn, repeats: int = 3) -> tuple[float, float]:
+    """(median seconds over repeats calls, peak traced MiB of one more call): tracing
+    allocations slows NumPy down, so memory is measured in a separate call."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
     tracemalloc.start()
-    t = time.perf_counter()
     fn()
-    seconds = time.perf_counter() - t
     peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
     tracemalloc.stop()
-    return seconds, peak
+    return float(np.median(times)), peak
 
 
 def main() -> None:
@@ -39,7 +43,7 @@ def main() -> None:
         b = mpgrad.tensor(rng.standard_normal((n, n)), dtype=fmt)
         a32, b32 = a.to_float64().astype(np.float32), b.to_float64().astype(np.float32)
         a64, b64 = a.to_float64(), b.to_float64()
-        base = min(timed(lambda: a32 @ b32)[0] for _ in range(5))
+        base = timed(lambda: a32 @ b32, 21)[0]
         rows = {
             "mpgrad.matmul (default model)": lambda: a @ b,
             "Exact(float32)": lambda: matmul_model(a64, b64, Exact()),

@@ -5,7 +5,7 @@ power of two per row (likewise each column of B, into B_t), with beta chosen so 
 K * (2**beta - 1)**2 < 2**53. Then every partial sum of every dot product inside
 A_s @ B_t is an integer below 2**53, so the float64 BLAS result is exact whatever order,
 blocking, FMA use or thread count the BLAS chooses. A @ B is the sum of the scaled slice
-products, added exactly (exact.exact_sum). Source: Ozaki, Ogita, Oishi, Rump 2012,
+products, added exactly. Source: Ozaki, Ogita, Oishi, Rump 2012,
 "Error-free transformations of matrix multiplication by using fast routines of matrix
 multiplication and its applications", Numer. Algorithms 59.
 
@@ -13,9 +13,10 @@ The number of BLAS calls is (slices of A) x (slices of B). The slice widths beta
 beta_b (with K * 2**(beta_a + beta_b) <= 2**53) are chosen from the bits each operand's
 rows or columns span, so that one or two products suffice where possible; their results
 form an exact (hi, lo) pair as they are. Otherwise equal widths (beta = 22 for K = 512)
-give levels of equal unit, added as int64 base-2**beta digits. Inputs with a non-finite value, or a magnitude outside [2**-300, 2**300], take
-a slower elementwise path instead: Dekker's exact products in blocks of K, summed exactly.
-An exact zero result is +0 (the sum starts from +0), as in the accumulation models.
+give levels of equal unit, added as int64 base-2**beta digits. Inputs with a non-finite
+value, or with bits outside [2**-300, 2**300), take a slower elementwise path instead:
+Dekker's exact products in blocks of K, summed exactly (exact.exact_sum). An exact zero
+result is +0 (the sum starts from +0), as in the accumulation models.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from .exact import exact_sum, two_prod
 
 __all__ = ["exact_matmul", "slice_bits"]
 
-_LOW, _HIGH = 2.0 ** -300, 2.0 ** 300  # no scaled slice product can under- or overflow
+_BOTTOM, _TOP = -300, 300  # every bit of every input within 2**-300 .. 2**300: no scaled
+                           # slice product can under- or overflow
 _CHUNK = 1 << 13  # outputs combined at a time
 K_BLOCK = 32  # the elementwise path's products per block: memory O(M*N*K_BLOCK)
 
@@ -41,25 +43,35 @@ def slice_bits(K: int) -> int:
 
 def _span(x: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
     """(e, span): per line along axis, |x| < 2**e (e = 0 on a zero line), and the largest
-    number of bit positions any line needs, from its top (e) to its lowest set bit."""
-    m, ex = np.frexp(x)  # x = m * 2**ex with 0.5 <= |m| < 1
-    sig = np.abs(np.ldexp(m, 53)).astype(np.int64)  # the 53-bit integer significand
-    low = ex - 53 + np.frexp((sig & -sig).astype(np.float64))[1] - 1  # lowest set bit
-    nonzero = x != 0
-    e = np.max(np.where(nonzero, ex, -4096), axis=axis, keepdims=True)
-    bottom = np.min(np.where(nonzero, low, 4096), axis=axis, keepdims=True)
+    number of bit positions any line needs, from its top (e) to its lowest set bit.
+
+    Read from the float64 bit fields; a subnormal counts as if normal with exponent -1022
+    (a lower bound of its span's bottom, and subnormals are refused by the caller).
+    """
+    bits = x.view(np.int64)
+    field = (bits >> 52) & 0x7FF
+    sig = (bits & ((1 << 52) - 1)) | (1 << 52)  # the significand with its leading bit
+    lowest = (sig & -sig).astype(np.float64).view(np.int64) >> 52  # 1023 + trailing zeros
+    nonzero = (bits & ((1 << 63) - 1)) != 0  # not +-0
+    e = np.max(np.where(nonzero, field - 1022, -4096), axis=axis, keepdims=True)
+    bottom = np.min(np.where(nonzero, field + lowest - 2098, 4096), axis=axis, keepdims=True)
     used = e > -4096
     return np.where(used, e, 0), int(np.max(np.where(used, e - bottom, 0), initial=0))
+
+
+def _pow2(e: np.ndarray) -> np.ndarray:
+    """2.0**e for integer arrays -1022 <= e <= 1023, built from the bit pattern."""
+    return ((e.astype(np.int64) + 1023) << 52).view(np.float64)
 
 
 def _slices(x: np.ndarray, e: np.ndarray, beta: int) -> list:
     """X_s with x = sum_s X_s * 2**(e - beta*(s+1)), integers |X_s| < 2**beta (|x| < 2**e)."""
     out, rest, s = [], x, 0
     while np.any(rest != 0):
-        shift = beta * (s + 1) - e
-        ints = np.trunc(np.ldexp(rest, shift))  # exact: a power-of-two scaling, then trunc
+        shift = beta * (s + 1) - e  # within +-(300 + 53 * 26): the powers of two are normal
+        ints = np.trunc(rest * _pow2(shift))  # exact: a power-of-two scaling, then trunc
         out.append(ints)
-        rest = rest - np.ldexp(ints, -shift)    # exact: removes leading bits of rest
+        rest = rest - ints * _pow2(-shift)    # exact: removes the leading bits of rest
         s += 1
     return out
 
@@ -143,12 +155,13 @@ def exact_matmul(a, b) -> tuple[np.ndarray, np.ndarray]:
     shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
     if 0 in shape or K == 0:  # nothing to compute, or the empty sum (+0)
         return np.zeros(shape), np.zeros(shape)
-    mags = [np.abs(x[x != 0]) for x in (a, b)]
-    if any(m.size and not (np.all(np.isfinite(m)) and m.min() >= _LOW and m.max() <= _HIGH)
-           for m in mags):
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return _elementwise(a, b, shape)
     ea, span_a = _span(a, -1)
     eb, span_b = _span(b, -2)
+    if max(ea.max(), eb.max()) > _TOP or min(np.min(ea - span_a), np.min(eb - span_b)) < _BOTTOM:
+        # (this also refuses subnormal inputs, whose bits lie below 2**-1022)
+        return _elementwise(a, b, shape)  # (a zero line has e = 0: it passes)
     beta_a, beta_b = _widths(K, span_a, span_b)
     sa, sb = _slices(a, ea, beta_a), _slices(b, eb, beta_b)
     if not sa or not sb:  # an all-zero operand: every product is 0, the sum +0
@@ -157,7 +170,10 @@ def exact_matmul(a, b) -> tuple[np.ndarray, np.ndarray]:
         terms = [np.ldexp(x @ y, ea - beta_a * (i + 1) + eb - beta_b * (j + 1)) + 0.0
                  for i, x in enumerate(sa) for j, y in enumerate(sb)]
         return terms[0], terms[1] if len(terms) == 2 else np.zeros(shape)
-    beta = beta_a  # equal widths here: slice products of one level share a unit
+    if beta_a != beta_b:  # more slices than the spans promised: cannot happen, but the
+        beta_a = beta_b = slice_bits(K)  # levels below need equal widths
+        sa, sb = _slices(a, ea, beta_a), _slices(b, eb, beta_b)
+    beta = beta_a  # equal widths: slice products of one level share a unit
     exponent = ea + eb - 2 * beta  # the unit of the leading slice product
     levels = np.zeros((len(sa) + len(sb) - 1,) + shape, dtype=np.int64)
     for i, x in enumerate(sa):  # slice products of one level share a unit: add as integers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from fractions import Fraction
 
 import ml_dtypes
@@ -98,25 +99,25 @@ class Format:
         """Bit pattern (without sign) of the largest finite number."""
         return ((self.max_exponent + self.bias) << self.fraction_bits) | self.max_fraction
 
-    @property
+    @cached_property  # computed once per format (exactly, with Fractions)
     def max(self) -> float:
         """Largest finite value."""
         return float(Fraction(2 ** self.fraction_bits + self.max_fraction)
                      * Fraction(2) ** (self.max_exponent - self.fraction_bits))
 
-    @property
+    @cached_property  # computed once per format (exactly, with Fractions)
     def smallest_normal(self) -> float:
         """Smallest positive normal value, 2**emin."""
         return float(Fraction(2) ** self.min_exponent)
 
-    @property
+    @cached_property  # computed once per format (exactly, with Fractions)
     def smallest_subnormal(self) -> float:
         """Smallest positive value (the smallest normal when there are no subnormals)."""
         if not self.subnormals:
             return self.smallest_normal
         return float(Fraction(2) ** (self.min_exponent - self.fraction_bits))
 
-    @property
+    @cached_property  # computed once per format (exactly, with Fractions)
     def eps(self) -> float:
         """Machine epsilon 2**-fraction_bits: the gap above 1 where 1 is a normal number."""
         return float(Fraction(2) ** -self.fraction_bits)

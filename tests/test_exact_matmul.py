@@ -110,3 +110,10 @@ def test_slice_widths_use_few_products_and_stay_exact(bits_a, bits_b, products):
         em._slices(b, em._span(b, -2)[0], beta_b))
     assert n == products
     check(a, b, modes=("nearest_even", "toward_zero"))
+
+
+def test_inputs_beyond_the_sliced_range_take_the_elementwise_path():
+    """Bits below 2**-300 or above 2**300 (or inf/NaN) are handled exactly all the same."""
+    a = np.array([[2.0 ** -400, 3.0], [2.0 ** 310, -(2.0 ** 310)]])
+    b = np.array([[2.0 ** -400, 1.0], [1.0, 2.0 ** -320]])
+    check(a, b, formats=TARGETS[:2])
