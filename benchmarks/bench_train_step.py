@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import time
-import tracemalloc
 from collections import defaultdict
 
 import numpy as np
 
 import mpgrad
+from timing import timed
 from mpgrad.data import synthetic
 from mpgrad.ops import core
 from mpgrad.train import train
@@ -43,38 +43,23 @@ def numpy_step(params: dict, x: np.ndarray, y: np.ndarray, lr: float) -> float:
     return float(loss)
 
 
-def measure(fn, repeats: int) -> tuple[float, float]:
-    """(median seconds over repeats calls, peak traced MiB of one more call): tracing
-    allocations slows NumPy down, so memory is measured in a separate call."""
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    tracemalloc.start()
-    fn()
-    peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
-    tracemalloc.stop()
-    return float(np.median(times)), peak
-
-
 def op_split(recipe: str, batch: int, steps: int, data) -> dict:
     """Seconds spent in each op's apply (forward or backward) over a short run."""
     spent: dict = defaultdict(float)
     original = core.apply
 
-    def timed(op, *args, **params):
+    def traced_apply(op, *args, **params):
         t = time.perf_counter()
         out = original(op, *args, **params)
         spent[op.name] += time.perf_counter() - t
         return out
 
-    core.apply = timed
+    core.apply = traced_apply
     try:
         for module in (mpgrad.ops.elementwise, mpgrad.ops.reduce, mpgrad.ops.linalg,
                        mpgrad.ops.shape, mpgrad.ops.composite):
             if hasattr(module, "apply"):
-                module.apply = timed
+                module.apply = traced_apply
         start = time.perf_counter()
         train(recipe, steps=steps, batch_size=batch, data=data)
         total = time.perf_counter() - start
@@ -102,10 +87,10 @@ def main() -> None:
               "b2": rng.uniform(-bound2, bound2, 10).astype(np.float32)}
     x = data.x_train[:args.batch].astype(np.float32)
     y = data.y_train[:args.batch]
-    base_t, base_m = measure(lambda: numpy_step(params, x, y, 0.05), max(args.steps, 50))
+    base_t, base_m = timed(lambda: numpy_step(params, x, y, 0.05), max(args.steps, 50))
     run = lambda: train(args.recipe, steps=args.steps, batch_size=args.batch, data=data)
     run()  # warm up
-    t, m = measure(run, 3)
+    t, m = timed(run, 3)
     t /= args.steps
     print(f"MLP 64-500-10, batch {args.batch}")
     print(f"{'':28} {'step [ms]':>10} {'peak MiB':>9}")

@@ -4,13 +4,11 @@ The computation runs in fresh subprocesses with OPENBLAS_NUM_THREADS (and the ot
 thread variables) set to 1 and to 2; the hashes of every result and gradient must agree.
 """
 
-import hashlib
 import os
 import subprocess
 import sys
 import textwrap
 
-import pytest
 
 PROGRAM = textwrap.dedent("""
     import hashlib, numpy as np, mpgrad
