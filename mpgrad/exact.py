@@ -29,7 +29,7 @@ import numpy as np
 
 from .rounding import to_float64
 
-__all__ = ["two_sum", "two_prod", "exact_div", "exact_sqrt", "exact_sum"]
+__all__ = ["two_sum", "two_prod", "exact_div", "exact_sqrt", "exact_sum", "bit_span"]
 
 DBL_MAX = np.finfo(np.float64).max
 _TINY = 2.0 ** -1074            # the smallest subnormal, float64's unit at the bottom
@@ -203,6 +203,24 @@ def _axes(ndim: int, axis) -> tuple[int, ...]:
     return axes
 
 
+def bit_span(x: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
+    """(e, span): per line along axis, |x| < 2**e (e = 0 on a zero line), and the largest
+    number of bit positions any line needs, from its top (e) to its lowest set bit.
+
+    Read from the float64 bit fields; a subnormal counts as if normal with exponent -1022
+    (its bottom is then one below the true lowest bit: a bound, never too small).
+    """
+    bits = x.view(np.int64)
+    field = (bits >> 52) & 0x7FF
+    sig = (bits & ((1 << 52) - 1)) | (1 << 52)  # the significand with its leading bit
+    lowest = (sig & -sig).astype(np.float64).view(np.int64) >> 52  # 1023 + trailing zeros
+    nonzero = (bits & ((1 << 63) - 1)) != 0  # not +-0
+    e = np.max(np.where(nonzero, field - 1022, -4096), axis=axis, keepdims=True)
+    bottom = np.min(np.where(nonzero, field + lowest - 2098, 4096), axis=axis, keepdims=True)
+    used = e > -4096
+    return np.where(used, e, 0), int(np.max(np.where(used, e - bottom, 0), initial=0))
+
+
 def exact_sum(x, axis=None, keepdims: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The exact sum along axis (None: all; an int or a tuple) as a rounding-equivalent pair.
 
@@ -236,6 +254,16 @@ def exact_sum(x, axis=None, keepdims: bool = False) -> tuple[np.ndarray, np.ndar
         raise ValueError(f"exact_sum adds fewer than 2**30 terms per sum, got {terms}")
 
     xs = np.ascontiguousarray(xs)
+    if rows and terms and np.isfinite(xs).all():
+        top, span = bit_span(xs, axis=1)
+        width = (terms - 1).bit_length()  # terms <= 2**width
+        if span + width <= 53 and top.max() + width <= 1023:
+            # every partial sum, in any order, is a multiple of the lowest bit below
+            # 2**53 of them: NumPy's float64 sum is exact; a zero sum is -0 only when
+            # every term is -0 (NumPy starts some sums from +0)
+            hi = xs.sum(axis=1)
+            hi = np.where(np.all((xs == 0) & np.signbit(xs), axis=1), -0.0, hi)
+            return hi.reshape(out_shape), np.copysign(np.zeros(rows), hi).reshape(out_shape)
     bits = xs.view(np.int64)
     rows_per, terms_per = max(1, _CHUNK // max(terms, 1)), max(1, min(terms, _CHUNK))
     blocks = [(slice(i, i + rows_per), slice(j, j + terms_per))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .exact import exact_sum, two_prod
+from .exact import bit_span, exact_sum, two_prod
 
 __all__ = ["exact_matmul", "slice_bits"]
 
@@ -39,24 +39,6 @@ def slice_bits(K: int) -> int:
     while K * (2 ** beta - 1) ** 2 >= 2 ** 53:
         beta -= 1
     return beta
-
-
-def _span(x: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
-    """(e, span): per line along axis, |x| < 2**e (e = 0 on a zero line), and the largest
-    number of bit positions any line needs, from its top (e) to its lowest set bit.
-
-    Read from the float64 bit fields; a subnormal counts as if normal with exponent -1022
-    (a lower bound of its span's bottom, and subnormals are refused by the caller).
-    """
-    bits = x.view(np.int64)
-    field = (bits >> 52) & 0x7FF
-    sig = (bits & ((1 << 52) - 1)) | (1 << 52)  # the significand with its leading bit
-    lowest = (sig & -sig).astype(np.float64).view(np.int64) >> 52  # 1023 + trailing zeros
-    nonzero = (bits & ((1 << 63) - 1)) != 0  # not +-0
-    e = np.max(np.where(nonzero, field - 1022, -4096), axis=axis, keepdims=True)
-    bottom = np.min(np.where(nonzero, field + lowest - 2098, 4096), axis=axis, keepdims=True)
-    used = e > -4096
-    return np.where(used, e, 0), int(np.max(np.where(used, e - bottom, 0), initial=0))
 
 
 def _pow2(e: np.ndarray) -> np.ndarray:
@@ -157,8 +139,8 @@ def exact_matmul(a, b) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(shape), np.zeros(shape)
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return _elementwise(a, b, shape)
-    ea, span_a = _span(a, -1)
-    eb, span_b = _span(b, -2)
+    ea, span_a = bit_span(a, -1)
+    eb, span_b = bit_span(b, -2)
     if max(ea.max(), eb.max()) > _TOP or min(np.min(ea - span_a), np.min(eb - span_b)) < _BOTTOM:
         # (this also refuses subnormal inputs, whose bits lie below 2**-1022)
         return _elementwise(a, b, shape)  # (a zero line has e = 0: it passes)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -49,7 +49,6 @@ class RunResult:
     underflows: int             # gradient roundings in backward whose nonzero value became 0 or subnormal
     lost_updates: int           # parameter elements whose nonzero update was rounded away
     seconds: float
-    extra: dict = field(default_factory=dict)
 
     def final_loss(self, last: int = 20) -> float:
         """The mean training loss over the last steps (finite ones)."""

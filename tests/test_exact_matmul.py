@@ -105,9 +105,9 @@ def test_slice_widths_use_few_products_and_stay_exact(bits_a, bits_b, products):
     a[:, 0], b[0] = 2.0 ** (bits_a - 1), 2.0 ** (bits_b - 1)  # the top bit; 1 is the lowest
     a[:, 1], b[1] = 1.0, 1.0
     a *= rng.choice([-1.0, 1.0], a.shape)
-    beta_a, beta_b = em._widths(64, em._span(a, -1)[1], em._span(b, -2)[1])
-    n = len(em._slices(a, em._span(a, -1)[0], beta_a)) * len(
-        em._slices(b, em._span(b, -2)[0], beta_b))
+    beta_a, beta_b = em._widths(64, em.bit_span(a, -1)[1], em.bit_span(b, -2)[1])
+    n = len(em._slices(a, em.bit_span(a, -1)[0], beta_a)) * len(
+        em._slices(b, em.bit_span(b, -2)[0], beta_b))
     assert n == products
     check(a, b, modes=("nearest_even", "toward_zero"))
 
