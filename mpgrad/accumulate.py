@@ -80,21 +80,29 @@ class Exact:
 
 @dataclass(frozen=True)
 class Sequential:
-    """Left to right: s_0 = 0, s_k = round(s_{k-1} + t_k) (fma) or round(s_{k-1} + round(t_k))."""
+    """One term at a time: s_0 = 0, s_k = round(s_{k-1} + t_k) (fma) or
+    round(s_{k-1} + round(t_k)), over k = 0 .. K-1 (order="forward") or K-1 .. 0 ("reverse")."""
 
     acc: Format = float32
     fma: bool = True
     rounding: str = "nearest_even"
+    order: str = "forward"
 
     def __post_init__(self) -> None:
         _check_common(self)
         if not isinstance(self.fma, bool):
             raise ValueError(f"fma must be a bool, got {self.fma!r}")
+        if self.order not in ("forward", "reverse"):
+            raise ValueError(f"order must be 'forward' or 'reverse', got {self.order!r}")
+
+    def indices(self, K: int) -> range:
+        """The order in which the K terms are added."""
+        return range(K) if self.order == "forward" else range(K - 1, -1, -1)
 
     def reduce(self, K: int, terms: Terms, shape: tuple) -> np.ndarray:
         """Reduce K terms, one (shape) term at a time."""
         s = np.zeros(shape)
-        for k in range(K):
+        for k in self.indices(K):
             t = terms(k, k + 1)[0]
             if not self.fma:
                 t = _round(t, self.acc, self.rounding)
@@ -277,14 +285,14 @@ def _float32_products(a: np.ndarray, b: np.ndarray) -> bool:
                 and _bits_at_most(va, 12) and _bits_at_most(vb, 12))
 
 
-def _sequential_float32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _sequential_float32(a: np.ndarray, b: np.ndarray, model: Sequential) -> np.ndarray:
     """Sequential(float32) by NumPy float32 arithmetic (IEEE, round to nearest even): each
-    product is exact in float32, each addition one correct rounding, in the order of K."""
+    product is exact in float32, each addition one correct rounding, in the model's order."""
     a32, b32 = a.astype(np.float32), b.astype(np.float32)
     s = np.zeros((a.shape[0], b.shape[1]), dtype=np.float32)
     t = np.empty_like(s)
     with np.errstate(over="ignore", invalid="ignore"):
-        for k in range(a.shape[1]):
+        for k in model.indices(a.shape[1]):
             np.multiply(a32[:, k, None], b32[None, k, :], out=t)
             np.add(s, t, out=s)
     return s.astype(np.float64)
@@ -303,7 +311,7 @@ def _matmul2(a: np.ndarray, b: np.ndarray, model: Model) -> np.ndarray:
     """One (M, K) @ (K, N) product under a model other than Exact."""
     if (isinstance(model, Sequential) and model.acc == float32
             and model.rounding == "nearest_even" and _float32_products(a, b)):
-        return _sequential_float32(a, b)
+        return _sequential_float32(a, b, model)
     rows = a.shape[0] if isinstance(model, Sequential) else max(1, _TILE // max(b.shape[1], 1))
     out = np.empty((a.shape[0], b.shape[1]))
     for i in range(0, a.shape[0], rows):

@@ -64,7 +64,7 @@ def ref_reduce(m, terms: list) -> float:
         return _rnd(sum(terms, Fraction(0)), m.acc, m.rounding)
     if isinstance(m, Sequential):
         s = 0.0
-        for t in terms:
+        for t in (terms if m.order == "forward" else terms[::-1]):
             s = _plus(s, t if m.fma else _rnd(t, m.acc, m.rounding), m.acc, m.rounding)
         return s
     if isinstance(m, Pairwise):
@@ -129,6 +129,7 @@ def _values(rng, shape, fmt, spread=6):
 
 MODELS = [
     Exact(), Exact("float16", "toward_zero"), Sequential(), Sequential("float16", fma=False),
+    Sequential(order="reverse"), Sequential("float16", order="reverse"),
     Sequential("bfloat16", rounding="up"), Pairwise(), Pairwise("float16", block=3),
     hardware.H100_FP16, hardware.V100_FP16, hardware.H100_FP8, hardware.B200_FP8,
     BlockFMA(4, 5, include_accumulator=False, rounding="nearest_even", acc="float16"),
@@ -252,7 +253,8 @@ def test_frozen_and_hashable():
 @pytest.mark.parametrize("make", [
     lambda: BlockFMA(n=0), lambda: BlockFMA(fraction_bits=60), lambda: BlockFMA(32, 47),
     lambda: BlockFMA(rounding="stochastic"), lambda: Sequential(rounding="nearest"),
-    lambda: Sequential(fma=1), lambda: Pairwise(block=0), lambda: Chunked(chunk=0),
+    lambda: Sequential(fma=1), lambda: Sequential(order="backward"), lambda: Pairwise(block=0),
+    lambda: Chunked(chunk=0),
     lambda: Chunked(inner=3), lambda: Exact("nope"), lambda: Chunked(4, outer="float32"),
 ])
 def test_bad_parameters(make):
