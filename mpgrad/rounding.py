@@ -36,13 +36,15 @@ _ABS64 = (1 << 63) - 1
 
 @dataclass
 class RoundingStats:
-    """Counts from rounding calls: how many results were inexact, overflowed, underflowed, invalid."""
+    """Counts from rounding calls: how many results were inexact, overflowed, underflowed
+    (and of those, became zero), invalid."""
 
     total: int = 0
     inexact: int = 0
     overflow: int = 0   # finite input whose rounded magnitude exceeds the format's max
     underflow: int = 0  # nonzero finite input whose result is zero or subnormal
     invalid: int = 0    # NaN produced from a non-NaN input, or an infinity the format lacks
+    to_zero: int = 0    # nonzero finite input whose result is zero (counted in underflow too)
 
     def add(self, other: RoundingStats) -> None:
         """Add another record's counts into this one."""
@@ -217,7 +219,8 @@ def _encode(hi: np.ndarray, lo: np.ndarray | None, fmt: Format, mode: str,
             finite & (s.inexact | overflow | flush & ~zero_in),
             overflow,
             finite & ~zero_in & ~nan_out & (code < (1 << m)),
-            is_inf & (not fmt.infinities) | overflow & nan_out)))
+            is_inf & (not fmt.infinities) | overflow & nan_out,
+            finite & ~zero_in & ~nan_out & (code == 0))))
         for target in targets:
             target.add(rec)
     return code | (signed.astype(np.int64) << (fmt.bits - 1))
@@ -343,7 +346,8 @@ def _cast_block(a: np.ndarray, cast, fmt: Format, targets: list[RoundingStats],
                 int(np.count_nonzero(finite & bad)),
                 int(np.count_nonzero(finite & (x != 0) & (np.abs(y) < fmt.smallest_normal))),
                 int(np.count_nonzero(finite & np.isnan(y)
-                                     | (np.isinf(x) & (not fmt.infinities)))))
+                                     | (np.isinf(x) & (not fmt.infinities)))),
+                int(np.count_nonzero(finite & (x != 0) & (y == 0))))
         for target in targets:
             target.add(rec)
     return out

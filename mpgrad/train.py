@@ -46,7 +46,7 @@ class RunResult:
     accuracy: float
     skipped_steps: int
     final_scale: float
-    underflows: int             # gradient roundings in backward whose nonzero value became 0 or subnormal
+    underflows: int             # gradient roundings in backward whose nonzero value became 0
     lost_updates: int           # parameter elements whose nonzero update was rounded away
     seconds: float
 
@@ -107,7 +107,7 @@ def train(recipe: Recipe | str, steps: int = 300, batch_size: int = 128, lr: flo
                                    data.y_train[idx])
         with record_rounding() as stats:
             (scaler.scale(loss) if scaler else loss).backward()
-        underflows += stats.underflow
+        underflows += stats.to_zero
         if scaler:
             scales[step] = scaler.get_scale()
             scaler.step(opt)

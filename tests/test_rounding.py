@@ -152,14 +152,16 @@ def reference_batch(xs, fmt, modes, **flags):
     many = isinstance(modes, tuple)
     modes = modes if many else (modes,)
     out = np.empty((len(modes), len(xs)))
-    counts = np.zeros((len(modes), 4), dtype=np.int64)
+    counts = np.zeros((len(modes), 5), dtype=np.int64)
     for i, x in enumerate(xs):
         for k, r in enumerate(reference_modes(x, fmt, modes, **flags)):
             out[k, i] = r.value
-            counts[k] += (r.inexact, r.overflow, r.underflow, r.invalid)
+            to_zero = r.underflow and r.value == 0  # underflow: the input was nonzero
+            counts[k] += (r.inexact, r.overflow, r.underflow, r.invalid, to_zero)
     result = {mode: (out[k], RoundingStats(total=len(xs), inexact=int(counts[k, 0]),
                                            overflow=int(counts[k, 1]),
-                                           underflow=int(counts[k, 2]), invalid=int(counts[k, 3])))
+                                           underflow=int(counts[k, 2]), invalid=int(counts[k, 3]),
+                                           to_zero=int(counts[k, 4])))
               for k, mode in enumerate(modes)}
     return result if many else result[modes[0]]
 
@@ -891,7 +893,8 @@ def test_stats_hand_checked():
                   np.inf, np.nan, -(2.0 ** -14)])
     stats = RoundingStats()
     round_to(x, F16, stats=stats)
-    assert stats == RoundingStats(total=11, inexact=4, overflow=2, underflow=2, invalid=0)
+    assert stats == RoundingStats(total=11, inexact=4, overflow=2, underflow=2, invalid=0,
+                                  to_zero=1)
 
     # float16, toward_zero: 65520 -> 65504 is NOT an overflow (rounding toward zero with an
     # unbounded exponent gives 65504); 70000 -> 69952 > max is one (result max): 2 inexact.
@@ -906,7 +909,8 @@ def test_stats_hand_checked():
     x = np.array([464.0, 465.0, np.inf, np.nan, 2.0 ** -9, 2.0 ** -11])
     stats = RoundingStats()
     round_to(x, E4M3, stats=stats)
-    assert stats == RoundingStats(total=6, inexact=3, overflow=1, underflow=2, invalid=2)
+    assert stats == RoundingStats(total=6, inexact=3, overflow=1, underflow=2, invalid=2,
+                                  to_zero=1)
 
     # e2m1 (no inf, no NaN; max 6, subnormal 0.5): 7 tie 6|8 -> 8 beyond max -> 6: inexact,
     #   overflow, not invalid | inf -> 6: invalid | 0.25 tie 0|0.5 -> 0: inexact, underflow |
@@ -915,12 +919,14 @@ def test_stats_hand_checked():
     stats = RoundingStats()
     got = round_to(x, mpgrad.float4_e2m1fn, stats=stats)
     assert list(got.astype(float)) == [6.0, 6.0, 0.0, 0.5]
-    assert stats == RoundingStats(total=4, inexact=2, overflow=1, underflow=2, invalid=1)
+    assert stats == RoundingStats(total=4, inexact=2, overflow=1, underflow=2, invalid=1,
+                                  to_zero=1)
 
     # subnormals=False, float16: 2**-20 flushed -> 0: inexact, underflow; 2**-14 exact: nothing.
     stats = RoundingStats()
     round_to(np.array([2.0 ** -20, 2.0 ** -14]), F16, "up", subnormals=False, stats=stats)
-    assert stats == RoundingStats(total=2, inexact=1, overflow=0, underflow=1, invalid=0)
+    assert stats == RoundingStats(total=2, inexact=1, overflow=0, underflow=1, invalid=0,
+                                  to_zero=1)
 
 
 def test_stats_hand_checked_fnuz():
@@ -931,7 +937,8 @@ def test_stats_hand_checked_fnuz():
     stats = RoundingStats()
     got = round_to(x, mpgrad.float8_e4m3fnuz, stats=stats)
     assert list(got.view(np.uint8)) == [0x80, 0x00, 0x7F, 0x80]  # 240 = 1.111b * 2**7
-    assert stats == RoundingStats(total=4, inexact=2, overflow=1, underflow=1, invalid=2)
+    assert stats == RoundingStats(total=4, inexact=2, overflow=1, underflow=1, invalid=2,
+                                  to_zero=1)
 
 
 def test_custom_format_below_float64_normal_range():
@@ -954,9 +961,10 @@ def test_record_rounding_collects_every_call():
             mine = RoundingStats()
             round_to(np.array([465.0, 2.0 ** -11]), E4M3, stats=mine)  # see test above
         round_to(np.array([1.5], dtype=np.float32), BF16)        # exact (fast-path input)
-    e4 = RoundingStats(total=2, inexact=2, overflow=1, underflow=1, invalid=1)
+    e4 = RoundingStats(total=2, inexact=2, overflow=1, underflow=1, invalid=1, to_zero=1)
     assert mine == e4 and inner == e4
-    assert outer == RoundingStats(total=5, inexact=3, overflow=1, underflow=1, invalid=1)
+    assert outer == RoundingStats(total=5, inexact=3, overflow=1, underflow=1, invalid=1,
+                                  to_zero=1)
     # outside any block nothing is recorded
     round_to(np.array([1 + 2.0 ** -11]), F16)
     assert outer.total == 5
@@ -1058,7 +1066,8 @@ def test_stochastic_returns_a_neighbour(name):
             total=x.size, inexact=int(np.count_nonzero((f > 0) | beyond)),
             overflow=int(np.count_nonzero(beyond)),
             underflow=int(np.count_nonzero(~beyond & (np.abs(a) < fmt.smallest_normal))),
-            invalid=int(np.count_nonzero(np.isnan(a))))
+            invalid=int(np.count_nonzero(np.isnan(a))),
+            to_zero=int(np.count_nonzero((a == 0) & (x != 0))))
     # grid values (the reference's toward-zero neighbours) are returned as they are
     grid = toward[np.isfinite(toward)]
     again = round_to(grid, fmt, "stochastic", rng=rng).astype(np.float64)
