@@ -1,8 +1,9 @@
 """One training step of the article's MLP under a recipe, next to plain NumPy float32.
 
 Run: python benchmarks/bench_train_step.py [--recipe mixed_float16] [--batch 128] [--steps 20]
-Not a test: prints the median step time and peak traced memory of each, their ratios
-(measured in the same run), and where the mpgrad step spends its time, by op.
+Not a test: prints the median time of one step (forward, backward, loss scaling, SGD) and
+the peak memory NumPy allocates during one step, for each, their ratios (measured in the
+same run), and where the mpgrad step spends its time, by op.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import mpgrad
 from timing import timed
 from mpgrad.data import synthetic
 from mpgrad.ops import core
-from mpgrad.train import train
+from mpgrad.train import Trainer
 
 
 def numpy_step(params: dict, x: np.ndarray, y: np.ndarray, lr: float) -> float:
@@ -43,9 +44,11 @@ def numpy_step(params: dict, x: np.ndarray, y: np.ndarray, lr: float) -> float:
     return float(loss)
 
 
-def op_split(recipe: str, batch: int, steps: int, data) -> dict:
-    """Seconds spent in each op's apply (forward or backward) over a short run."""
+def op_split(trainer: Trainer, x: np.ndarray, y: np.ndarray, steps: int) -> dict:
+    """Seconds per step spent in each op's apply (forward, and backward's ops)."""
     spent: dict = defaultdict(float)
+    modules = (core, mpgrad.ops.elementwise, mpgrad.ops.reduce, mpgrad.ops.linalg,
+               mpgrad.ops.shape, mpgrad.ops.composite)
     original = core.apply
 
     def traced_apply(op, *args, **params):
@@ -54,20 +57,16 @@ def op_split(recipe: str, batch: int, steps: int, data) -> dict:
         spent[op.name] += time.perf_counter() - t
         return out
 
-    core.apply = traced_apply
+    for module in modules:
+        module.apply = traced_apply
     try:
-        for module in (mpgrad.ops.elementwise, mpgrad.ops.reduce, mpgrad.ops.linalg,
-                       mpgrad.ops.shape, mpgrad.ops.composite):
-            if hasattr(module, "apply"):
-                module.apply = traced_apply
         start = time.perf_counter()
-        train(recipe, steps=steps, batch_size=batch, data=data)
+        for _ in range(steps):
+            trainer.step(x, y)
         total = time.perf_counter() - start
     finally:
-        for module in (core, mpgrad.ops.elementwise, mpgrad.ops.reduce, mpgrad.ops.linalg,
-                       mpgrad.ops.shape, mpgrad.ops.composite):
-            if hasattr(module, "apply"):
-                module.apply = original
+        for module in modules:
+            module.apply = original
     spent["(everything else)"] = total - sum(spent.values())
     return {k: v / steps for k, v in spent.items()}
 
@@ -88,17 +87,16 @@ def main() -> None:
     x = data.x_train[:args.batch].astype(np.float32)
     y = data.y_train[:args.batch]
     base_t, base_m = timed(lambda: numpy_step(params, x, y, 0.05), max(args.steps, 50))
-    run = lambda: train(args.recipe, steps=args.steps, batch_size=args.batch, data=data)
-    run()  # warm up
-    t, m = timed(run, 3)
-    t /= args.steps
+    trainer = Trainer(args.recipe, 64, 10)
+    trainer.step(x, y)  # warm up
+    t, m = timed(lambda: trainer.step(x, y), args.steps)
     print(f"MLP 64-500-10, batch {args.batch}")
     print(f"{'':28} {'step [ms]':>10} {'peak MiB':>9}")
     print(f"{'NumPy float32 (baseline)':28} {base_t * 1e3:10.3f} {base_m:9.2f}")
     print(f"{'mpgrad ' + args.recipe:28} {t * 1e3:10.3f} {m:9.2f}")
     print(f"ratio: time {t / base_t:.1f}x, peak memory {m / base_m:.1f}x")
     print(f"\nwhere an mpgrad step spends its time ({args.recipe}, ms per step):")
-    split = op_split(args.recipe, args.batch, args.steps, data)
+    split = op_split(trainer, x, y, args.steps)
     for name, sec in sorted(split.items(), key=lambda kv: -kv[1]):
         print(f"  {name:24} {sec * 1e3:8.2f}")
 

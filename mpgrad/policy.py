@@ -33,7 +33,7 @@ class Policy:
     compute: Format = float32
     output: Format = float32
     strict: bool = False  # True: an input in another format is an error, not a cast
-    accumulate: Any = None  # an mpgrad.accumulate model for matmul and sum; None: exact
+    accumulate: Any = None  # a model for matmul, sum and mean; None: accumulate.default_model
 
     def __post_init__(self) -> None:
         for name in ("param", "compute", "output"):
@@ -118,7 +118,8 @@ def autocast(dtype: Format | str = "float16", *, enabled: bool = True,
 
 
 def accumulate_model(given=None):
-    """The accumulation model to use: the one given, else the active Policy's (None: exact)."""
+    """The accumulation model to use: the one given, else the active Policy's (None: the
+    default model)."""
     active = current_policy()
     if given is None and isinstance(active, Policy):
         return active.accumulate

@@ -23,7 +23,7 @@ from .rng import manual_seed
 from .rounding import record_rounding
 from .tensor import Tensor
 
-__all__ = ["RunResult", "train", "param_hash", "results_table"]
+__all__ = ["RunResult", "Trainer", "train", "param_hash", "results_table"]
 
 
 def param_hash(t: Tensor) -> int:
@@ -81,48 +81,64 @@ def _autocast(recipe: Recipe):
     return autocast(recipe.autocast) if recipe.autocast is not None else contextlib.nullcontext()
 
 
-def train(recipe: Recipe | str, steps: int = 300, batch_size: int = 128, lr: float = 0.05,
+class Trainer:
+    """The MLP (features -> hidden -> ReLU -> classes), its SGD optimizer and loss scaler
+    under a recipe; step() makes one update."""
+
+    def __init__(self, recipe: Recipe | str, features: int, classes: int, hidden: int = 500,
+                 lr: float = 0.01, momentum: float = 0.0, seed: int = 0) -> None:
+        self.recipe = recipe = get_recipe(recipe)
+        manual_seed(seed)
+        self.model = nn.MLP((features, hidden, classes), dtype=recipe.param, rng=seed)
+        self.opt = SGD(self.model.parameters(), lr=lr, momentum=momentum,
+                       master_dtype=recipe.master, update_rounding=recipe.update_rounding,
+                       kahan=recipe.kahan, rng=seed)
+        self.scaler = GradScaler(**recipe.scaler) if recipe.scaler is not None else None
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> tuple[Tensor, float, int]:
+        """One update on a batch: (the loss, the loss scale used, gradient values flushed to
+        zero in the backward pass)."""
+        self.opt.zero_grad()
+        with _autocast(self.recipe):
+            loss = F.cross_entropy(self.model(Tensor(x, self.recipe.param)), y)
+        scale = self.scaler.get_scale() if self.scaler else 1.0
+        with record_rounding() as stats:
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.scaler:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        return loss, scale, stats.to_zero
+
+
+def train(recipe: Recipe | str, steps: int = 300, batch_size: int = 128, lr: float = 0.01,
           momentum: float = 0.0, seed: int = 0, data: Dataset | str = "auto",
           hidden: int = 500, progress: Callable[[int, float], None] | None = None) -> RunResult:
-    """Train the MLP (features -> hidden -> ReLU -> classes) with SGD under the recipe."""
-    recipe = get_recipe(recipe)
+    """Train the MLP with SGD under the recipe on seeded random batches (with replacement)."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
     data = load(data, seed) if isinstance(data, str) else data
-    manual_seed(seed)
-    model = nn.MLP((data.features, hidden, data.classes), dtype=recipe.param, rng=seed)
-    names = [n for n, _ in model.named_parameters()]
-    opt = SGD(model.parameters(), lr=lr, momentum=momentum, master_dtype=recipe.master,
-              update_rounding=recipe.update_rounding, kahan=recipe.kahan, rng=seed)
-    scaler = GradScaler(**recipe.scaler) if recipe.scaler is not None else None
+    run = Trainer(recipe, data.features, data.classes, hidden, lr, momentum, seed)
+    names = [n for n, _ in run.model.named_parameters()]
     batches = np.random.default_rng(seed + 1)
     losses, scales = np.empty(steps), np.ones(steps)
     hashes = np.empty((steps, len(names)), dtype=np.uint64)
     underflows, start = 0, time.perf_counter()
     for step in range(steps):
         idx = batches.integers(0, len(data.y_train), batch_size)
-        opt.zero_grad()
-        with _autocast(recipe):
-            loss = F.cross_entropy(model(Tensor(data.x_train[idx], recipe.param)),
-                                   data.y_train[idx])
-        with record_rounding() as stats:
-            (scaler.scale(loss) if scaler else loss).backward()
-        underflows += stats.to_zero
-        if scaler:
-            scales[step] = scaler.get_scale()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
+        loss, scales[step], flushed = run.step(data.x_train[idx], data.y_train[idx])
+        underflows += flushed
         losses[step] = loss.item()
-        hashes[step] = [param_hash(p) for p in model.parameters()]
+        hashes[step] = [param_hash(p) for p in run.model.parameters()]
         if progress is not None:
             progress(step + 1, losses[step])
     seconds = time.perf_counter() - start
-    test_loss, accuracy = _evaluate(model, recipe, data)
-    return RunResult(recipe.name, data.name, losses, scales, hashes, names, test_loss, accuracy,
-                     scaler.skipped_steps if scaler else 0,
-                     scaler.get_scale() if scaler else 1.0, underflows, opt.lost_updates,
+    test_loss, accuracy = _evaluate(run.model, run.recipe, data)
+    scaler = run.scaler
+    return RunResult(run.recipe.name, data.name, losses, scales, hashes, names, test_loss,
+                     accuracy, scaler.skipped_steps if scaler else 0,
+                     scaler.get_scale() if scaler else 1.0, underflows, run.opt.lost_updates,
                      seconds)
 
 
