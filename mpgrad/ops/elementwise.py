@@ -59,8 +59,9 @@ _SIGMOID = Op("sigmoid", _elementary("sigmoid"),
               lambda ctx, g: (g * (1 - ctx.out) * ctx.out,))
 _ERF = Op("erf", _elementary("erf"), lambda ctx, g: (
     2 / math.sqrt(math.pi) * exp(-(ctx.inputs[0] * ctx.inputs[0])) * g,))
-_RELU = Op("relu", lambda c, a: np.where(a > 0, a, np.where(np.isnan(a), a, 0.0)),
-           lambda ctx, g: (where(ctx.out > 0, g, 0.0),))
+# relu and where select stored values: they run on storage arrays, nothing to round
+_RELU = Op("relu", lambda c, a: np.where((a > 0) | np.isnan(a), a, np.zeros_like(a)),
+           lambda ctx, g: (where(ctx.out > 0, g, 0.0),), on_storage=True)
 _MAXIMUM = Op("maximum", lambda c, a, b: np.maximum(a, b),
               lambda ctx, g: _maximum_vjp(ctx, g, lambda x, y: x >= y))
 _MINIMUM = Op("minimum", lambda c, a, b: np.minimum(a, b),
@@ -74,7 +75,7 @@ _CLAMP = Op("clamp", lambda c, a, lo, hi: np.clip(a, -np.inf if lo is None else 
             lambda ctx, g: (where(ctx.out == ctx.inputs[0], g, 0.0),), tensor_args=1)
 _WHERE = Op("where", lambda c, a, b, cond: np.where(cond, a, b),
             lambda ctx, g: (where(ctx.args[0], g, 0.0),
-                            where(ctx.args[0], 0.0, g)), tensor_args=2)
+                            where(ctx.args[0], 0.0, g)), tensor_args=2, on_storage=True)
 
 
 def add(a, b): """a + b, correctly rounded."""; return apply(_ADD, a, b)
