@@ -325,9 +325,11 @@ def _matmul2(a: np.ndarray, b: np.ndarray, model: Model) -> np.ndarray:
     return out
 
 
-def matmul_model(a, b, model: Model, storage: bool = False) -> np.ndarray:
+def matmul_model(a, b, model: Model, storage: bool = False,
+                 max_bits: int | None = None) -> np.ndarray:
     """a (..., M, K) @ b (..., K, N) of exact values under the model, as acc-format float64
-    (storage=True: Exact's result in acc's storage dtype, saving a conversion).
+    (storage=True: Exact's result in acc's storage dtype, saving a conversion; max_bits:
+    see exact_matmul).
 
     Exact takes the error-free BLAS path (mpgrad.exact_matmul) for any float64 inputs;
     the other models need inputs of at most 26 significant bits (exact float64 products).
@@ -338,7 +340,7 @@ def matmul_model(a, b, model: Model, storage: bool = False) -> np.ndarray:
         raise ValueError(f"matmul_model needs (..., M, K) and (..., K, N) arrays, got "
                          f"{a.shape}, {b.shape}")
     if isinstance(model, Exact):
-        stored = round_to(exact_matmul(a, b), model.acc, model.rounding)
+        stored = round_to(exact_matmul(a, b, max_bits), model.acc, model.rounding)
         return stored if storage else to_float64(stored)
     check_inputs(a, 26), check_inputs(b, 26)
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])

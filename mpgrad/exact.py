@@ -203,13 +203,24 @@ def _axes(ndim: int, axis) -> tuple[int, ...]:
     return axes
 
 
-def bit_span(x: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
+def bit_span(x: np.ndarray, axis: int, max_bits: int | None = None) -> tuple[np.ndarray, int]:
     """(e, span): per line along axis, |x| < 2**e (e = 0 on a zero line), and the largest
     number of bit positions any line needs, from its top (e) to its lowest set bit.
 
     Read from the float64 bit fields; a subnormal counts as if normal with exponent -1022
-    (its bottom is then one below the true lowest bit: a bound, never too small).
+    (its bottom is then one below the true lowest bit: a bound, never too small). Given
+    max_bits, a bound on every value's significant bits (a format's precision), the span
+    is bounded from the line's smallest magnitude instead, in fewer passes: each value's
+    lowest bit is at least floor(log2|x|) - (max_bits - 1).
     """
+    if max_bits is not None:
+        mag = np.abs(x)
+        top = np.max(mag, axis=axis, keepdims=True)
+        small = np.min(np.where(mag > 0, mag, np.inf), axis=axis, keepdims=True)
+        used = top > 0
+        e = np.where(used, np.frexp(np.where(used, top, 1.0))[1], 0)
+        bottom = np.frexp(np.where(used, small, 1.0))[1] - max_bits
+        return e, int(np.max(np.where(used, e - bottom, 0), initial=0))
     bits = x.view(np.int64)
     field = (bits >> 52) & 0x7FF
     sig = (bits & ((1 << 52) - 1)) | (1 << 52)  # the significand with its leading bit

@@ -126,11 +126,13 @@ def _pair_from_levels(levels: np.ndarray, beta: int, exponent: np.ndarray) -> tu
     return hi + 0.0, lo + 0.0
 
 
-def exact_matmul(a, b) -> tuple[np.ndarray, np.ndarray]:
+def exact_matmul(a, b, max_bits: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(hi, lo) rounding like the exact a @ b (float64 arrays, batch dims as np.matmul).
 
     The pair is rounding-equivalent as exact.exact_sum's is; IEEE specials as in a sum of
-    IEEE products (inf * 0 is NaN, inf - inf is NaN).
+    IEEE products (inf * 0 is NaN, inf - inf is NaN). max_bits: a bound on the significant
+    bits of every input (their format's precision), which makes the bit spans cheaper; a
+    wrong bound gives wrong results.
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     K = a.shape[-1]
@@ -139,8 +141,8 @@ def exact_matmul(a, b) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(shape), np.zeros(shape)
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return _elementwise(a, b, shape)
-    ea, span_a = bit_span(a, -1)
-    eb, span_b = bit_span(b, -2)
+    ea, span_a = bit_span(a, -1, max_bits)
+    eb, span_b = bit_span(b, -2, max_bits)
     if max(ea.max(), eb.max()) > _TOP or min(np.min(ea - span_a), np.min(eb - span_b)) < _BOTTOM:
         # (this also refuses subnormal inputs, whose bits lie below 2**-1022)
         return _elementwise(a, b, shape)  # (a zero line has e = 0: it passes)

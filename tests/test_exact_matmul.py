@@ -117,3 +117,23 @@ def test_inputs_beyond_the_sliced_range_take_the_elementwise_path():
     a = np.array([[2.0 ** -400, 3.0], [2.0 ** 310, -(2.0 ** 310)]])
     b = np.array([[2.0 ** -400, 1.0], [1.0, 2.0 ** -320]])
     check(a, b, formats=TARGETS[:2])
+
+
+@pytest.mark.parametrize("fmt,spread", [("float16", 6), ("bfloat16", 40), ("float32", 20),
+                                        ("float8_e4m3fn", 4)])
+def test_span_bound_from_the_format_precision(fmt, spread):
+    """With max_bits = the format's precision the spans are bounds, never below the exact
+    ones, and the product is the same exact result."""
+    from mpgrad.exact import bit_span
+    rng = np.random.default_rng(11)
+    fmt = mpgrad.as_format(fmt)
+    a, b = values(rng, (6, 40), fmt, spread), values(rng, (40, 5), fmt, spread)
+    a[0] = 0.0
+    for x, axis in ((a, -1), (b, -2)):
+        e, span = bit_span(x, axis)
+        e2, span2 = bit_span(x, axis, fmt.precision)
+        assert np.array_equal(e, e2) and span2 >= span
+    want = exact_products(a, b)
+    got = mpgrad.to_float64(mpgrad.round_to(exact_matmul(a, b, fmt.precision), "float32"))
+    assert got.tolist() == [[ref_round(v, mpgrad.float32, "nearest_even") for v in r]
+                            for r in want]

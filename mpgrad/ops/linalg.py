@@ -24,7 +24,8 @@ def _swap(t):
 
 def _matmul_forward(c, a, b, accumulate):
     """The model's result (the default model when none is given) in its accumulator format."""
-    return matmul_model(a, b, accumulate or default_model(c), storage=True)
+    return matmul_model(a, b, accumulate or default_model(c), storage=True,
+                        max_bits=c.precision)  # a and b hold values of c
 
 
 _MATMUL = Op("matmul", _matmul_forward, lambda ctx, g: (
