@@ -70,6 +70,8 @@ def _widths(K: int, span_a: int, span_b: int) -> tuple[int, int]:
         return span_a, budget - span_a
     beta = slice_bits(K)
     return beta, beta
+
+
 def _elementwise(a: np.ndarray, b: np.ndarray, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
     """The exact pair from Dekker products, K_BLOCK at a time (handles inf, NaN, any range)."""
     parts = []
