@@ -72,6 +72,12 @@ def _widths(K: int, span_a: int, span_b: int) -> tuple[int, int]:
     return beta, beta
 
 
+def _products(K: int, span_a: int, span_b: int) -> int:
+    """How many BLAS products the widths _widths picks need (at most)."""
+    beta_a, beta_b = _widths(K, span_a, span_b)
+    return -(-max(span_a, 1) // beta_a) * -(-max(span_b, 1) // beta_b)
+
+
 def _elementwise(a: np.ndarray, b: np.ndarray, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
     """The exact pair from Dekker products, K_BLOCK at a time (handles inf, NaN, any range)."""
     parts = []
@@ -145,6 +151,9 @@ def exact_matmul(a, b, max_bits: int | None = None) -> tuple[np.ndarray, np.ndar
         return _elementwise(a, b, shape)
     ea, span_a = bit_span(a, -1, max_bits)
     eb, span_b = bit_span(b, -2, max_bits)
+    if max_bits is not None and _products(K, span_a, span_b) > 2:  # the exact spans may
+        ea, span_a = bit_span(a, -1)                               # need fewer products
+        eb, span_b = bit_span(b, -2)
     if max(ea.max(), eb.max()) > _TOP or min(np.min(ea - span_a), np.min(eb - span_b)) < _BOTTOM:
         # (this also refuses subnormal inputs, whose bits lie below 2**-1022)
         return _elementwise(a, b, shape)  # (a zero line has e = 0: it passes)
