@@ -46,16 +46,19 @@ def _training_options(p: argparse.ArgumentParser) -> None:
 
 
 class _Progress:
-    """A progress line on stderr, redrawn about every 2% of a run."""
+    """A progress line on stderr: redrawn about every 2% of a run on a terminal, else a
+    new line every 10% (for logs)."""
 
     def __init__(self, name: str, steps: int) -> None:
-        self.name, self.steps, self.every = name, steps, max(1, steps // 50)
+        self.name, self.steps, self.tty = name, steps, sys.stderr.isatty()
+        self.every = max(1, steps // (50 if self.tty else 10))
 
     def __call__(self, step: int, loss: float) -> None:
         if step % self.every == 0 or step == self.steps:
-            end = "\n" if step == self.steps else ""
-            print(f"\r{self.name}: step {step}/{self.steps}  loss {loss:.4f}", end=end,
-                  file=sys.stderr, flush=True)
+            last = step == self.steps or not self.tty
+            start = "\r" if self.tty else ""
+            print(f"{start}{self.name}: step {step}/{self.steps}  loss {loss:.4f}",
+                  end="\n" if last else "", file=sys.stderr, flush=True)
 
 
 def _pyplot():
