@@ -86,7 +86,8 @@ def backward(root: Tensor, grad: Tensor, retain_graph: bool,
 
     accumulate(a, b) adds two gradients of one tensor (a rounded addition in its format);
     to_input(g, x, model) turns the VJP's g into x's gradient (sum over broadcast axes
-    under the accumulation model the op ran with, round to x's format). Both are applied in a fixed order, so results are deterministic.
+    under the accumulation model the op ran with, round to x's format). Both are applied
+    in a fixed order, so results are deterministic.
     """
     order = _topological(root)
     grads: dict[int, Tensor] = {id(root): grad}

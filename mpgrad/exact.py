@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rounding import to_float64
+from .rounding import _two_sum, to_float64
 
 __all__ = ["two_sum", "two_prod", "exact_div", "exact_sqrt", "exact_sum", "bit_span"]
 
@@ -50,11 +50,8 @@ def two_sum(a, b) -> tuple[np.ndarray, np.ndarray]:
     Exact for all finite a, b whose operations do not overflow (always when |a|, |b| <=
     2**1022); underflow is harmless since float64 addition of subnormals is exact.
     """
-    a, b = _f64(a), _f64(b)
     with np.errstate(invalid="ignore"):  # inf/NaN: the low part is meaningless
-        s = a + b
-        bb = s - a
-        return s, (a - (s - bb)) + (b - bb)
+        return _two_sum(_f64(a), _f64(b))
 
 
 def _split(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .exact import bit_span, exact_sum, two_prod
+from .rounding import _pow2
 
 __all__ = ["exact_matmul", "slice_bits"]
 
@@ -39,11 +40,6 @@ def slice_bits(K: int) -> int:
     while K * (2 ** beta - 1) ** 2 >= 2 ** 53:
         beta -= 1
     return beta
-
-
-def _pow2(e: np.ndarray) -> np.ndarray:
-    """2.0**e for integer arrays -1022 <= e <= 1023, built from the bit pattern."""
-    return ((e.astype(np.int64) + 1023) << 52).view(np.float64)
 
 
 def _slices(x: np.ndarray, e: np.ndarray, beta: int) -> list:

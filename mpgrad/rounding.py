@@ -82,7 +82,7 @@ class _Split(NamedTuple):
 
 def _pow2(e: np.ndarray) -> np.ndarray:
     """2.0**e for integer arrays -1022 <= e <= 1023, built from the bit pattern."""
-    return ((e + 1023) << 52).view(np.float64)
+    return ((np.asarray(e, dtype=np.int64) + 1023) << 52).view(np.float64)
 
 
 def _split_float64(x: np.ndarray, fmt: Format, want_frac: bool) -> _Split:
