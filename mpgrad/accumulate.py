@@ -44,16 +44,6 @@ def _round(x, fmt: Format, mode: str) -> np.ndarray:
     return to_float64(round_to(x, fmt, mode))
 
 
-def _round_sum(x: np.ndarray, fmt: Format, mode: str) -> np.ndarray:
-    """_round of an exact float64 array; float32 toward zero by clearing the low 29 bits of
-    the float64 significand when every value is 0 or a normal float32 magnitude."""
-    if fmt == float32 and mode == "toward_zero":
-        a = np.abs(x)
-        if np.all((a == 0) | (a >= 2.0 ** -126) & (a < 2.0 ** 128)):
-            return (x.view(np.int64) & ~np.int64((1 << 29) - 1)).view(np.float64)
-    return _round(x, fmt, mode)
-
-
 def _add(s: np.ndarray, t: np.ndarray, fmt: Format, mode: str) -> np.ndarray:
     """round(s + t) with one rounding: the exact sum as a TwoSum pair (specials pass through)."""
     hi, lo = two_sum(s, t)
@@ -198,7 +188,7 @@ class BlockFMA:
             if c is not None:
                 total += np.trunc(np.ldexp(c, shift))
             s = np.ldexp(total, -shift) + 0.0  # exact; a zero sum is +0
-        return _round_sum(s, self.acc, self.rounding)
+        return _round(s, self.acc, self.rounding)
 
     def reduce(self, K: int, terms: Terms, shape: tuple) -> np.ndarray:
         """Reduce K terms block by block with an (shape) accumulator."""

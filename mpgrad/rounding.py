@@ -294,6 +294,18 @@ def _nearest_even_cast(dtype: np.dtype, fmt: Format):
     return None
 
 
+def _in_float32_normal_range(x: np.ndarray) -> bool:
+    """Whether every value of a float64 array is 0 or of a normal float32 magnitude."""
+    a = np.abs(x)
+    return bool(np.all((a == 0) | (a >= 2.0 ** -126) & (a < 2.0 ** 128)))
+
+
+def _truncate_to_float32(x: np.ndarray) -> np.ndarray:
+    """float64 -> float32 toward zero for values in float32's normal range: clearing the low
+    29 of the 52 fraction bits truncates to 23, and the cast of the result is exact."""
+    return (x.view(np.int64) & ~np.int64((1 << 29) - 1)).view(np.float64).astype(np.float32)
+
+
 def _round_odd_float32(x: np.ndarray) -> np.ndarray:
     """float64 -> float32 rounded to odd: truncate, then set the last bit if inexact.
 
@@ -402,6 +414,10 @@ def round_to(x, fmt: Format | str, mode: str = "nearest_even", *, rng=None,
             cast, step = _nearest_even_cast(hi.dtype, fmt) or (None, CHUNK)
             if cast is not None and step is None:  # a plain cast: nothing to bound
                 return _cast_block(hi, cast, fmt, targets)
+        elif (mode == "toward_zero" and not saturate and subnormals and fmt.native
+              and fmt.storage == np.float32 and hi.dtype == np.float64
+              and _in_float32_normal_range(hi)):
+            return _cast_block(hi, _truncate_to_float32, fmt, targets)
     gen = _rng.generator(rng) if mode == "stochastic" else None
     shape, hi = hi.shape, hi.ravel()
     out = np.empty(hi.size, fmt.storage)

@@ -1191,3 +1191,22 @@ def test_fast_path_stats_and_pairs_match_the_integer_algorithm(name):
         want = rounding._store(codes, fmt)
         assert np.array_equal(mpgrad.to_float64(got), mpgrad.to_float64(want), equal_nan=True)
         assert fast == s, (fast, s)
+
+
+def test_float32_toward_zero_shortcut_matches_the_integer_algorithm():
+    """float64 -> float32 toward zero, every value 0 or in float32's normal range: the
+    bit-clearing shortcut gives the bits and RoundingStats of rounding._encode."""
+    from mpgrad import rounding
+    rng = np.random.default_rng(9)
+    x = rng.choice([-1.0, 1.0], 20000) * rng.uniform(1, 2, 20000) * 2.0 ** rng.integers(
+        -126, 128, 20000)
+    F32 = mpgrad.float32
+    x[:4] = [0.0, -0.0, 2.0 ** -126, np.nextafter(2.0 ** 128, 0)]
+    assert rounding._in_float32_normal_range(x)
+    fast = RoundingStats()
+    got = round_to(x, F32, "toward_zero", stats=fast)
+    slow = RoundingStats()
+    want = rounding._store(rounding._encode(x, None, F32, "toward_zero", None, False, True,
+                                            [slow]), F32)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert fast == slow and fast.inexact > 19000
