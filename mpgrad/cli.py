@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 
@@ -11,9 +12,6 @@ from .bits import describe
 from .formats import FORMATS
 
 __all__ = ["main", "formats_table"]
-
-DEFAULTS = {"steps": 300, "batch_size": 128, "lr": 0.01, "momentum": 0.0, "seed": 0,
-            "hidden": 500}
 
 
 def formats_table() -> str:
@@ -33,14 +31,16 @@ def formats_table() -> str:
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
-    """The options shared by train and compare."""
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"])
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    p.add_argument("--hidden", type=int, default=DEFAULTS["hidden"])
-    p.add_argument("--data", default="auto", help="auto (digits if scikit-learn is installed, "
+    """The options shared by train and compare, with mpgrad.train.train's defaults."""
+    from .train import train
+    default = {k: v.default for k, v in inspect.signature(train).parameters.items()}
+    p.add_argument("--steps", type=int, default=default["steps"])
+    p.add_argument("--batch-size", type=int, default=default["batch_size"])
+    p.add_argument("--lr", type=float, default=default["lr"])
+    p.add_argument("--momentum", type=float, default=default["momentum"])
+    p.add_argument("--seed", type=int, default=default["seed"])
+    p.add_argument("--hidden", type=int, default=default["hidden"])
+    p.add_argument("--data", default=default["data"], help="auto (digits if scikit-learn is installed, "
                    "else synthetic), synthetic or digits")
     p.add_argument("--plot", metavar="FILE.png", help="draw the loss curves (needs matplotlib)")
 
