@@ -40,8 +40,9 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=float, default=default["momentum"])
     p.add_argument("--seed", type=int, default=default["seed"])
     p.add_argument("--hidden", type=int, default=default["hidden"])
-    p.add_argument("--data", default=default["data"], help="auto (digits if scikit-learn is installed, "
-                   "else synthetic), synthetic or digits")
+    p.add_argument("--data", default=default["data"],
+                   help="auto (digits if scikit-learn is installed, else synthetic), "
+                   "synthetic or digits")
     p.add_argument("--plot", metavar="FILE.png", help="draw the loss curves (needs matplotlib)")
 
 
