@@ -229,6 +229,13 @@ def bit_span(x: np.ndarray, axis: int, max_bits: int | None = None) -> tuple[np.
     return np.where(used, e, 0), int(np.max(np.where(used, e - bottom, 0), initial=0))
 
 
+def _signed_zeros(xs: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> tuple:
+    """The pair with IEEE's zero sign for sums of the rows of xs: hi is -0 only when every
+    term is -0 (and there is one), and a zero lo takes hi's sign."""
+    hi = np.where(np.all((xs == 0) & np.signbit(xs), axis=1) & (xs.shape[1] > 0), -0.0, hi)
+    return hi, np.where(lo == 0, np.copysign(0.0, hi), lo)
+
+
 def exact_sum(x, axis=None, keepdims: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The exact sum along axis (None: all; an int or a tuple) as a rounding-equivalent pair.
 
@@ -267,11 +274,10 @@ def exact_sum(x, axis=None, keepdims: bool = False) -> tuple[np.ndarray, np.ndar
         width = (terms - 1).bit_length()  # terms <= 2**width
         if span + width <= 53 and top.max() + width <= 1023:
             # every partial sum, in any order, is a multiple of the lowest bit below
-            # 2**53 of them: NumPy's float64 sum is exact; a zero sum is -0 only when
-            # every term is -0 (NumPy starts some sums from +0)
-            hi = xs.sum(axis=1)
-            hi = np.where(np.all((xs == 0) & np.signbit(xs), axis=1), -0.0, hi)
-            return hi.reshape(out_shape), np.copysign(np.zeros(rows), hi).reshape(out_shape)
+            # 2**53 of them: NumPy's float64 sum is exact (its zero signs are redone,
+            # since NumPy starts some sums from +0)
+            hi, lo = _signed_zeros(xs, xs.sum(axis=1), np.zeros(rows))
+            return hi.reshape(out_shape), lo.reshape(out_shape)
     bits = xs.view(np.int64)
     rows_per, terms_per = max(1, _CHUNK // max(terms, 1)), max(1, min(terms, _CHUNK))
     blocks = [(slice(i, i + rows_per), slice(j, j + terms_per))
@@ -316,9 +322,7 @@ def exact_sum(x, axis=None, keepdims: bool = False) -> tuple[np.ndarray, np.ndar
         hi, lo = np.where(huge, DBL_MAX, hi), np.where(huge, DBL_MAX, lo)
         hi, lo = np.where(neg, -hi, hi), np.where(neg, -lo, lo)
 
-    all_neg_zero = np.all((xs == 0) & np.signbit(xs), axis=1) & (terms > 0)
-    hi = np.where(all_neg_zero, -0.0, hi)
-    lo = np.where(lo == 0, np.copysign(0.0, hi), lo)
+    hi, lo = _signed_zeros(xs, hi, lo)
     pinf, ninf = np.any(xs == np.inf, axis=1), np.any(xs == -np.inf, axis=1)
     nan = np.any(np.isnan(xs), axis=1) | (pinf & ninf)
     hi = np.where(nan, np.nan, np.where(pinf, np.inf, np.where(ninf, -np.inf, hi)))
