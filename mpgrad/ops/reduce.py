@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..accumulate import Exact, default_model, reduce_sum
-from ..rounding import round_to, to_float64
+from ..rounding import round_to
 from ..exact import exact_sum, two_prod, two_sum
 from ..policy import accumulate_model
 from .core import Op, apply
@@ -90,7 +90,7 @@ def _mean_forward(c, a, axes, keepdims, accumulate):
     else:
         s = _sum_forward(c, a, axes, keepdims, model)
         pair = _divide_pair(s, np.zeros_like(s), n)
-    return to_float64(round_to(pair, model.acc, model.rounding))
+    return round_to(pair, model.acc, model.rounding)  # acc's storage: apply rounds it to c
 
 
 _SUM = Op("sum", _sum_forward, lambda ctx, g: (_spread(ctx, g),))
