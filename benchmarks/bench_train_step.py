@@ -16,9 +16,10 @@ import numpy as np
 
 import mpgrad
 from timing import timed
-from mpgrad.data import synthetic
-from mpgrad.ops import core
-from mpgrad.train import Trainer
+from mpgrad.autodiff import engine
+from mpgrad.demo.data import synthetic
+
+from mpgrad.demo.train import Trainer
 
 
 def numpy_step(params: dict, x: np.ndarray, y: np.ndarray, lr: float) -> float:
@@ -47,9 +48,9 @@ def numpy_step(params: dict, x: np.ndarray, y: np.ndarray, lr: float) -> float:
 def op_split(trainer: Trainer, x: np.ndarray, y: np.ndarray, steps: int) -> dict:
     """Seconds per step spent in each op's apply (forward, and backward's ops)."""
     spent: dict = defaultdict(float)
-    modules = (core, mpgrad.ops.elementwise, mpgrad.ops.reduce, mpgrad.ops.linalg,
-               mpgrad.ops.shape, mpgrad.ops.composite)
-    original = core.apply
+    modules = (engine, mpgrad.ops.elementwise, mpgrad.ops.reduce, mpgrad.ops.linalg,
+               mpgrad.ops.shape, mpgrad.ops.fused)
+    original = engine.apply
 
     def traced_apply(op, *args, **params):
         t = time.perf_counter()

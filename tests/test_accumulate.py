@@ -47,39 +47,39 @@ def _block_ref(terms, m: BlockFMA) -> float:
     """One block FMA step on exact terms (Fractions or special floats)."""
     specials = [t for t in terms if isinstance(t, float) and not math.isfinite(t)]
     if specials:
-        return _rnd(float(sum(specials)), m.acc, m.rounding)
+        return _rnd(float(sum(specials)), m.acc, m.mode)
     nz = [t for t in terms if t != 0]
     if not nz:
         return 0.0
     unit = Fraction(2) ** (max(_floor_log2(t) for t in nz) - m.fraction_bits)
     total = sum(((abs(t) // unit) * unit * (1 if t > 0 else -1) for t in nz), Fraction(0))
-    return _rnd(total, m.acc, m.rounding)
+    return _rnd(total, m.acc, m.mode)
 
 
 def ref_reduce(m, terms: list) -> float:
     """The model applied to a list of exact terms (Fractions, or inf/NaN floats), as a float."""
     if isinstance(m, Exact):
         if any(isinstance(t, float) for t in terms):
-            return _rnd(float(sum(float(t) for t in terms)), m.acc, m.rounding)
-        return _rnd(sum(terms, Fraction(0)), m.acc, m.rounding)
+            return _rnd(float(sum(float(t) for t in terms)), m.acc, m.mode)
+        return _rnd(sum(terms, Fraction(0)), m.acc, m.mode)
     if isinstance(m, Sequential):
         s = 0.0
         for t in (terms if m.order == "forward" else terms[::-1]):
-            s = _plus(s, t if m.fma else _rnd(t, m.acc, m.rounding), m.acc, m.rounding)
+            s = _plus(s, t if m.fma else _rnd(t, m.acc, m.mode), m.acc, m.mode)
         return s
     if isinstance(m, Pairwise):
         def part(ts):
             if len(ts) <= m.block:
-                s = _rnd(ts[0], m.acc, m.rounding)
+                s = _rnd(ts[0], m.acc, m.mode)
                 for t in ts[1:]:
-                    s = _plus(s, Fraction(_rnd(t, m.acc, m.rounding)) if math.isfinite(
-                        _rnd(t, m.acc, m.rounding)) else _rnd(t, m.acc, m.rounding),
-                        m.acc, m.rounding)
+                    s = _plus(s, Fraction(_rnd(t, m.acc, m.mode)) if math.isfinite(
+                        _rnd(t, m.acc, m.mode)) else _rnd(t, m.acc, m.mode),
+                        m.acc, m.mode)
                 return s
             h = len(ts) // 2
             right = part(ts[h:])
             return _plus(part(ts[:h]), Fraction(right) if math.isfinite(right) else right,
-                         m.acc, m.rounding)
+                         m.acc, m.mode)
         return part(terms) if terms else 0.0
     if isinstance(m, BlockFMA):
         c = 0.0
@@ -88,7 +88,7 @@ def ref_reduce(m, terms: list) -> float:
             if m.include_accumulator:
                 c = _block_ref([_exact(c)] + blk, m)
             else:
-                c = _plus(c, _exact(_block_ref(blk, m)), m.acc, m.rounding)
+                c = _plus(c, _exact(_block_ref(blk, m)), m.acc, m.mode)
         return c
     if isinstance(m, Chunked):
         parts = [ref_reduce(m.inner, terms[k:k + m.chunk]) for k in range(0, len(terms), m.chunk)]
@@ -130,10 +130,10 @@ def _values(rng, shape, fmt, spread=6):
 MODELS = [
     Exact(), Exact("float16", "toward_zero"), Sequential(), Sequential("float16", fma=False),
     Sequential(order="reverse"), Sequential("float16", order="reverse"),
-    Sequential("bfloat16", rounding="up"), Pairwise(), Pairwise("float16", block=3),
+    Sequential("bfloat16", mode="up"), Pairwise(), Pairwise("float16", block=3),
     hardware.H100_FP16, hardware.V100_FP16, hardware.H100_FP8, hardware.B200_FP8,
-    BlockFMA(4, 5, include_accumulator=False, rounding="nearest_even", acc="float16"),
-    BlockFMA(3, 8, rounding="down", acc="bfloat16"),
+    BlockFMA(4, 5, include_accumulator=False, mode="nearest_even", acc="float16"),
+    BlockFMA(3, 8, mode="down", acc="bfloat16"),
     hardware.H100_FP8_PROMOTED, Chunked(5, Pairwise("float16", block=2), Exact("float16")),
     Chunked(16, BlockFMA(8, 13), Sequential("float32", fma=False)),
 ]
@@ -178,7 +178,7 @@ def test_subnormal_products_matmul():
     a = np.array([[2.0 ** -24, 2.0 ** -14, -(2.0 ** -20), 2.0 ** -24]])  # float16 subnormals
     b = np.array([[2.0 ** -24], [2.0 ** -10], [2.0 ** -24], [1.0]])
     for m in (Sequential("float16"), Sequential(), Exact("float16"), hardware.H100_FP16,
-              BlockFMA(2, 10, acc="float16", rounding="nearest_even")):
+              BlockFMA(2, 10, acc="float16", mode="nearest_even")):
         assert_same(acc.matmul_model(a, b, m), ref_matmul(m, a, b))
 
 
@@ -228,7 +228,7 @@ def test_presets():
              "H200": ((16, 25), 8, (32, 13)), "B200": ((16, 25), 8, (32, 25))}
     for gpu, (half, tf32, fp8) in table.items():
         m = getattr(hardware, f"{gpu}_FP16")
-        assert (m.n, m.fraction_bits, m.acc, m.rounding) == (*half, F32, "toward_zero")
+        assert (m.n, m.fraction_bits, m.acc, m.mode) == (*half, F32, "toward_zero")
         assert m.include_accumulator
         if tf32:
             assert getattr(hardware, f"{gpu}_TF32").n == tf32
@@ -245,14 +245,14 @@ def test_frozen_and_hashable():
         hash(m)
         assert m == dataclasses.replace(m)
         with pytest.raises(dataclasses.FrozenInstanceError):
-            m.rounding = "up" if not isinstance(m, Chunked) else m.chunk
+            m.mode = "up" if not isinstance(m, Chunked) else m.chunk
     assert Sequential("fp16") == Sequential(F16) and Sequential("fp16").acc is F16
     assert len({Sequential(), Sequential(), Exact()}) == 2
 
 
 @pytest.mark.parametrize("make", [
     lambda: BlockFMA(n=0), lambda: BlockFMA(fraction_bits=60), lambda: BlockFMA(32, 47),
-    lambda: BlockFMA(rounding="stochastic"), lambda: Sequential(rounding="nearest"),
+    lambda: BlockFMA(mode="stochastic"), lambda: Sequential(mode="nearest"),
     lambda: Sequential(fma=1), lambda: Sequential(order="backward"), lambda: Pairwise(block=0),
     lambda: Chunked(chunk=0),
     lambda: Chunked(inner=3), lambda: Exact("nope"), lambda: Chunked(4, outer="float32"),

@@ -537,7 +537,7 @@ def test_policy_parse():
 
 
 @pytest.mark.parametrize("spec, fragment", [
-    ("x=f16", "expected p=, c= or o="), ("c", "expected p=, c= or o="),
+    ("x=f16", "expected p=, c= or o="), ("c", "unknown format"),
     ("c=f17", "valid names"), ("p=f32;c=f16", "valid names"),
 ])
 def test_policy_parse_errors(spec, fragment):

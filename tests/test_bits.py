@@ -18,7 +18,7 @@ import pytest
 
 import mpgrad
 from mpgrad import FORMATS, Format, to_float64
-from mpgrad.bits import describe, from_bits, next_down, next_up, to_bits, ulp, ulp_distance
+from mpgrad.numerics.bits import describe, from_bits, next_down, next_up, to_bits, ulp, ulp_distance
 
 BUILTINS = list(FORMATS.values())
 TF32 = mpgrad.tf32
@@ -371,7 +371,7 @@ def test_ulp_is_spacing(dtype, n):
     np.testing.assert_array_equal(got, _f64(np.spacing(x)))
     np.testing.assert_array_equal(ulp(-x, fmt), got)
     top = dtype(fi.max)
-    assert ulp(np.array([top, -top]), fmt).tolist() == [float(top - np.nextafter(top, 0))] * 2
+    assert ulp(np.array([top, -top]), fmt).tolist() == [float(top - np.nextafter(top, dtype(0)))] * 2
 
 
 @pytest.mark.parametrize("fmt", ENUMERABLE, ids=_name)

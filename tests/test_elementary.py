@@ -24,7 +24,7 @@ from gmpy2 import mpfr
 
 import mpgrad
 from mpgrad import Format, from_bits, round_to, to_float64
-from mpgrad.elementary import FUNCTIONS, correctly_rounded, hard_case_count
+from mpgrad.numerics.elementary import FUNCTIONS, correctly_rounded, hard_case_count
 
 try:  # tests/ may or may not become a package
     from .reference import ref_round

@@ -6,8 +6,8 @@ import pytest
 import mpgrad
 from mpgrad.accumulate import (BlockFMA, Chunked, Exact, Pairwise, Sequential, hardware,
                                matmul_model)
-from mpgrad.formats import bfloat16, float8_e4m3fn, float8_e5m2, float16, float32
-from mpgrad.rounding import round_to, to_float64
+from mpgrad.numerics.formats import bfloat16, float8_e4m3fn, float8_e5m2, float16, float32
+from mpgrad.numerics.rounding import round_to, to_float64
 from mpgrad.testing import accumulation_error_bound, assert_matmul_close
 
 MODELS = {
@@ -15,10 +15,10 @@ MODELS = {
     "exact_tz": Exact(float32, "toward_zero"),
     "seq_fma": Sequential(float32),
     "seq_nofma": Sequential(float32, fma=False),
-    "seq_tz": Sequential(float32, rounding="toward_zero"),
+    "seq_tz": Sequential(float32, mode="toward_zero"),
     "seq_bf16": Sequential(bfloat16),
     "pairwise": Pairwise(float32),
-    "pairwise_b1_up": Pairwise(float32, block=1, rounding="up"),
+    "pairwise_b1_up": Pairwise(float32, block=1, mode="up"),
     "chunked": Chunked(32, Sequential(float16), Sequential(float32)),
     "chunked_exact": Chunked(64, Pairwise(float32), Exact(float32)),
     "blockfma_noacc": BlockFMA(8, 20, include_accumulator=False),
@@ -75,7 +75,7 @@ def test_model_result_within_bound(name, fmt, kind):
     out = bfloat16 if kind == "wide" else float16  # the last result rounded to an output
     assert_matmul_close(to_float64(round_to(r, out)), A, B, model, out=out)
     assert_matmul_close(to_float64(round_to(r, out, "toward_zero")), A, B, model,
-                        out=out, out_rounding="toward_zero")
+                        out=out, out_mode="toward_zero")
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 import mpgrad
 from mpgrad import Format, round_to
-from mpgrad.exact import exact_div, exact_sqrt, exact_sum, two_prod, two_sum
+from mpgrad.numerics.exact import exact_div, exact_sqrt, exact_sum, two_prod, two_sum
 
 try:  # tests/ may or may not become a package
     from .reference import DETERMINISTIC_MODES, reference_modes
@@ -508,7 +508,7 @@ def test_independent_of_order_and_layout():
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64])
 def test_block_sizes_do_not_matter(monkeypatch, chunk):
     """Terms are decomposed in blocks of rows or of parts of a row: any blocking is the same."""
-    import mpgrad.exact as ex
+    import mpgrad.numerics.exact as ex
     rng = np.random.default_rng(16)
     x = random_doubles(rng, 5 * 23, max_field=2046).reshape(5, 23)
     x[0, :5] = [np.inf, 1.0, -0.0, 0.0, 2.0]
@@ -551,9 +551,13 @@ def test_bad_axes():
     with pytest.raises(np.exceptions.AxisError):
         exact_sum(np.zeros((2, 3)), axis=2)
     with pytest.raises(np.exceptions.AxisError):
-        exact_sum(np.float64(1.0), axis=0)
-    with pytest.raises(ValueError):
+        exact_sum(np.float64(1.0), axis=1)
+    with pytest.raises(ValueError, match="repeated axis"):
         exact_sum(np.zeros((2, 3)), axis=(1, -1))
+    with pytest.raises(ValueError, match="repeated axis"):  # mpgrad.sum: the same rule
+        mpgrad.sum(mpgrad.zeros(2, 3), axis=(1, -1))
+    hi, lo = exact_sum(np.float64(1.5), axis=0)  # a 0-d array: axis 0 is no axis (torch)
+    assert (float(hi), float(lo)) == (1.5, 0.0)
 
 
 def test_signed_zeros():
@@ -591,7 +595,7 @@ def test_nan_and_inf():
 
 
 def test_too_many_terms(monkeypatch):
-    import mpgrad.exact as ex
+    import mpgrad.numerics.exact as ex
     monkeypatch.setattr(ex, "_MAX_TERMS", 8)
     with pytest.raises(ValueError, match="fewer than"):
         ex.exact_sum(np.ones(8))

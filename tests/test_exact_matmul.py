@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mpgrad
-from mpgrad.exact_matmul import exact_matmul, slice_bits
+from mpgrad.numerics.exact_matmul import exact_matmul, slice_bits
 from reference import ref_round
 
 MODES = ("nearest_even", "toward_zero", "up", "down", "nearest_away", "odd")
@@ -98,7 +98,7 @@ def test_batch_broadcast_zero_size_and_specials():
                                                      (40, 40, 4)])
 def test_slice_widths_use_few_products_and_stay_exact(bits_a, bits_b, products):
     """Rows of A spanning bits_a bit positions, columns of B bits_b, K = 64 (budget 47)."""
-    from mpgrad import exact_matmul as em
+    from mpgrad.numerics import exact_matmul as em
     rng = np.random.default_rng(bits_a * 100 + bits_b)
     a = rng.integers(1, 2 ** 11, (3, 64)) * 2.0 ** rng.integers(0, bits_a - 10, (3, 64))
     b = rng.integers(1, 2 ** 11, (64, 2)) * 2.0 ** rng.integers(0, bits_b - 10, (64, 2))
@@ -124,7 +124,7 @@ def test_inputs_beyond_the_sliced_range_take_the_elementwise_path():
 def test_span_bound_from_the_format_precision(fmt, spread):
     """With max_bits = the format's precision the spans are bounds, never below the exact
     ones, and the product is the same exact result."""
-    from mpgrad.exact import bit_span
+    from mpgrad.numerics.exact import bit_span
     rng = np.random.default_rng(11)
     fmt = mpgrad.as_format(fmt)
     a, b = values(rng, (6, 40), fmt, spread), values(rng, (40, 5), fmt, spread)

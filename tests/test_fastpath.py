@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import mpgrad
-from mpgrad import rounding
-from mpgrad.rounding import _ASTYPE_CORRECTLY_ROUNDED
+from mpgrad.numerics import rounding
+from mpgrad.numerics.codes import store
+from mpgrad.numerics.rounding import _ASTYPE_CORRECTLY_ROUNDED
 
 TARGETS = [mpgrad.as_format(d) for _, d in sorted(_ASTYPE_CORRECTLY_ROUNDED, key=str)]
 
@@ -25,7 +26,7 @@ def integer_path(x: np.ndarray, fmt) -> np.ndarray:
     for a in range(0, x.size, 1 << 16):
         codes = rounding._encode(x[a:a + (1 << 16)], None, fmt, "nearest_even", None, False,
                                  True, [])
-        out[a:a + (1 << 16)] = rounding._store(codes, fmt)
+        out[a:a + (1 << 16)] = store(codes, fmt)
     return out
 
 

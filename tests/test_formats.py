@@ -199,7 +199,10 @@ def test_custom_reproduces_ml_dtypes_formats(name, nan, bias):
     assert f.smallest_subnormal == float(fi.smallest_subnormal)
     assert f.eps == float(fi.eps)
     assert f.layout == FORMATS[name].layout
-    assert not f.native  # custom formats are emulated in float32/float64
+    assert f == FORMATS[name] and f is FORMATS[name]  # the same layout is the same format
+    renamed = Format.custom(int(fi.nexp), int(fi.nmant), bias=bias, nan=nan, name="mine")
+    assert renamed == FORMATS[name] and renamed.storage == FORMATS[name].storage
+    assert renamed.name == "mine" and renamed.native
 
 
 def test_custom_without_subnormals():
@@ -233,6 +236,10 @@ def test_storage_choice(e, m, bias):
     # subnormal (every value is a multiple of it) and 1 + eps (the full precision).
     witnesses = [(2 - two ** -m) * two ** (2 ** e - 2 - b), two ** (1 - b - m), 1 + two ** -m]
     expected = np.float32 if all(_fits_float32(w) for w in witnesses) else np.float64
+    builtin = [g for g in FORMATS.values() if g.layout == f.layout]
+    if builtin:  # a built-in layout keeps the built-in's storage
+        assert f.storage == builtin[0].storage
+        return
     assert f.storage == np.dtype(expected)
     if expected is np.float64:
         assert not all(_fits_float32(w) for w in witnesses)

@@ -82,7 +82,7 @@ def torch(torch_any):
     rng = np.random.default_rng(0)
     a, b, c = (rng.standard_normal(64).astype(np.float32) for _ in range(3))
     ta, tb, tc = (torch.from_numpy(x.copy()) for x in (a, b, c))
-    from mpgrad.optim.optimizer import _lerp, _muladd
+    from mpgrad.ops.fused import lerp as _lerp, muladd as _muladd
     t = lambda x: mpgrad.tensor(x)  # noqa: E731
     probes = [
         (ta.add(tb, alpha=0.1234567), _muladd(0.1234567, t(b), t(a))),
@@ -334,7 +334,7 @@ def test_stochastic_update_is_unbiased_and_reproducible():
     means = []
     for seed in range(5):
         p = leaf(np.ones(n), BF16)
-        opt = SGD([p], lr=2.0 ** -10, update_rounding="stochastic", rng=seed)
+        opt = SGD([p], lr=2.0 ** -10, update_mode="stochastic", rng=seed)
         p.grad = mpgrad.tensor(g)
         opt.step()
         err = p.to_float64() - exact
@@ -351,7 +351,7 @@ def test_stochastic_update_is_unbiased_and_reproducible():
         if seed is not None:
             mpgrad.manual_seed(seed)
         p = leaf(np.ones(n), BF16)
-        opt = Adam([p], lr=1e-3, update_rounding="stochastic", rng=rng)
+        opt = Adam([p], lr=1e-3, update_mode="stochastic", rng=rng)
         for _ in range(3):
             p.grad = mpgrad.tensor(g)
             opt.step()
@@ -614,9 +614,9 @@ def test_param_groups_zero_grad_closure():
     (lambda p: SGD([mpgrad.tensor([1.0])], lr=0.1), ValueError, "require grad"),
     (lambda p: SGD([p * 2], lr=0.1), ValueError, "non-leaf"),
     (lambda p: SGD([p], lr="0.1"), TypeError, "lr must be a Python number"),
-    (lambda p: SGD([p], update_rounding="toward_zero"), ValueError, "update_rounding"),
+    (lambda p: SGD([p], update_mode="toward_zero"), ValueError, "update_mode"),
     (lambda p: SGD([p], kahan=True, master_dtype="f32"), ValueError, "kahan"),
-    (lambda p: SGD([p], kahan=True, update_rounding="stochastic"), ValueError, "kahan"),
+    (lambda p: SGD([p], kahan=True, update_mode="stochastic"), ValueError, "kahan"),
     (lambda p: SGD([p], master_dtype="bf16"), ValueError, "master_dtype bfloat16"),
     (lambda p: SGD([{"params": [p], "momentum": -1}]), ValueError, "Invalid momentum"),
 ])

@@ -1171,7 +1171,8 @@ def test_stochastic_with_saturate_and_flush():
 def test_fast_path_stats_and_pairs_match_the_integer_algorithm(name):
     """The cast fast paths (float64/float32 arrays, and (hi, lo) pairs rounded to odd first)
     give the bits and the RoundingStats of the integer algorithm (rounding._encode)."""
-    from mpgrad import rounding
+    from mpgrad.numerics import rounding
+    from mpgrad.numerics.codes import store
     fmt = mpgrad.as_format(name)
     rng = np.random.default_rng(5)
     x = rng.standard_normal(20000) * 2.0 ** rng.integers(-160, 140, 20000)
@@ -1188,7 +1189,7 @@ def test_fast_path_stats_and_pairs_match_the_integer_algorithm(name):
         hi, low = (arg if isinstance(arg, tuple) else (mpgrad.to_float64(arg), None))
         codes = rounding._encode(mpgrad.to_float64(hi), low, fmt, "nearest_even", None, False, True,
                                  [s := RoundingStats()])
-        want = rounding._store(codes, fmt)
+        want = store(codes, fmt)
         assert np.array_equal(mpgrad.to_float64(got), mpgrad.to_float64(want), equal_nan=True)
         assert fast == s, (fast, s)
 
@@ -1196,7 +1197,8 @@ def test_fast_path_stats_and_pairs_match_the_integer_algorithm(name):
 def test_float32_toward_zero_shortcut_matches_the_integer_algorithm():
     """float64 -> float32 toward zero, every value 0 or in float32's normal range: the
     bit-clearing shortcut gives the bits and RoundingStats of rounding._encode."""
-    from mpgrad import rounding
+    from mpgrad.numerics import rounding
+    from mpgrad.numerics.codes import store
     rng = np.random.default_rng(9)
     x = rng.choice([-1.0, 1.0], 20000) * rng.uniform(1, 2, 20000) * 2.0 ** rng.integers(
         -126, 128, 20000)
@@ -1206,7 +1208,7 @@ def test_float32_toward_zero_shortcut_matches_the_integer_algorithm():
     fast = RoundingStats()
     got = round_to(x, F32, "toward_zero", stats=fast)
     slow = RoundingStats()
-    want = rounding._store(rounding._encode(x, None, F32, "toward_zero", None, False, True,
+    want = store(rounding._encode(x, None, F32, "toward_zero", None, False, True,
                                             [slow]), F32)
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
     assert fast == slow and fast.inexact > 19000

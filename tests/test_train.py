@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import mpgrad
-from mpgrad.cli import main
-from mpgrad.data import load, synthetic
-from mpgrad.recipes import DEFAULT_RECIPES, RECIPES, Recipe, get_recipe
-from mpgrad.train import param_hash, results_table, train
+from mpgrad.demo.cli import main
+from mpgrad.demo.data import load, synthetic
+from mpgrad.demo.recipes import DEFAULT_RECIPES, RECIPES, Recipe, get_recipe
+from mpgrad.demo.train import param_hash, results_table, train
 
 SMALL = dict(steps=4, batch_size=16, hidden=24, data=synthetic(n=200))
 

@@ -14,11 +14,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..formats import Format, float16, float32
+from ..autodiff.policy import autocast, promote
+from ..autodiff.tensor import Tensor
+from ..numerics.formats import float16, float32
+from ..numerics.rounding import round_to, to_float64
 from ..ops import mul
-from ..policy import autocast, promote
-from ..rounding import round_to, to_float64
-from ..tensor import Tensor
 
 __all__ = ["GradScaler", "OptState", "unscale_values", "update_scale"]
 
@@ -134,7 +134,7 @@ class GradScaler:
                         f"expected param to be mpgrad.Tensor, got {type(param).__name__}")
                 if param.grad is None:
                     continue
-                if not allow_fp16 and _is_fp16(param.grad.dtype):
+                if not allow_fp16 and param.grad.dtype == float16:  # equal by layout
                     raise ValueError("Attempting to unscale FP16 gradients.")
                 with_grads.append(param)
         if not with_grads:
@@ -300,6 +300,3 @@ class GradScaler:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
-
-def _is_fp16(fmt: Format) -> bool:
-    return fmt.layout == float16.layout

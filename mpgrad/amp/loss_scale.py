@@ -15,10 +15,10 @@ from typing import Any, Callable, TypeVar, Union
 
 import numpy as np
 
-from ..formats import float32
+from ..autodiff.policy import autocast
+from ..autodiff.tensor import Tensor
+from ..numerics.formats import float32
 from ..ops import mul
-from ..policy import autocast
-from ..tensor import Tensor
 
 __all__ = ["NoOpLossScale", "StaticLossScale", "DynamicLossScale", "LossScale", "all_finite",
            "select_tree", "tree_map"]

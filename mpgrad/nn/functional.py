@@ -1,12 +1,13 @@
 """Neural-network functions, each a documented sequence of mpgrad primitives.
 
 Every step below is one primitive, rounded once to the compute format c (nearest even), and
-the backward pass is the chain of the primitives' VJPs. At entry each function casts its
-tensor inputs to c = mpgrad.policy.compute_format(NAME, formats): under mpgrad.autocast the
-loss and normalisation functions (softmax, log_softmax, cross_entropy, mse_loss, layer_norm)
-run in float32, linear in the autocast format, as torch.autocast does; under a Policy, in
-its compute format; otherwise in the widest input format. Sums and means are mpgrad.sum and
-mpgrad.mean, so they follow the active Policy's accumulation model.
+the backward pass is the chain of the primitives' VJPs. Each function enters through the
+engine's `composite` rule: its tensor inputs are cast to c = compute_format(NAME, formats)
+and every step computes in c. Under mpgrad.autocast the loss and normalisation functions
+(softmax, log_softmax, cross_entropy, nll_loss, mse_loss, layer_norm) run in float32,
+linear in the autocast format, as torch.autocast does; under a Policy, in its compute
+format; otherwise in the widest input format. Sums and means are mpgrad.sum and mpgrad.mean,
+so they follow the active Policy's accumulation model.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from typing import Sequence
 import numpy as np
 
 from .. import ops
-from .. import rng as _rng
-from ..policy import compute_format, current_policy
-from ..tensor import Tensor
+from ..autodiff.engine import composite
+from ..autodiff.tensor import Tensor
+from ..numerics import rng as _rng
 
-__all__ = ["softmax", "log_softmax", "cross_entropy", "mse_loss", "layer_norm", "linear",
-           "dropout", "relu", "gelu"]
+__all__ = ["softmax", "log_softmax", "cross_entropy", "nll_loss", "mse_loss", "layer_norm",
+           "linear", "dropout", "relu", "gelu"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -30,12 +31,6 @@ REDUCTIONS = ("mean", "sum", "none")
 def _check_tensor(x, what: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{what} must be an mpgrad Tensor, got {type(x).__name__}")
-
-
-def _entry(name: str, *tensors: Tensor) -> list[Tensor]:
-    """The inputs cast (recorded, differentiable) to name's compute format."""
-    c = compute_format(name, [t.dtype for t in tensors])
-    return [ops.cast(t, c) for t in tensors]
 
 
 def _reduce(values: Tensor, reduction: str) -> Tensor:
@@ -64,23 +59,23 @@ def _shifted(x: Tensor, axis: int) -> Tensor:
     return x - Tensor(m, x.dtype)  # m holds values of x's format: no rounding
 
 
+@composite("softmax")
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
     """exp(z) / sum(exp(z), axis) with z = x - max(x, axis) (max detached)."""
     _check_tensor(x, "softmax's input")
-    (x,) = _entry("softmax", x)
     e = ops.exp(_shifted(x, axis))
     return e / ops.sum(e, axis=axis, keepdims=True)
 
 
+@composite("log_softmax")
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     """z - log(sum(exp(z), axis)) with z = x - max(x, axis) (max detached)."""
     _check_tensor(x, "log_softmax's input")
-    (x,) = _entry("log_softmax", x)
     z = _shifted(x, axis)
     return z - ops.log(ops.sum(ops.exp(z), axis=axis, keepdims=True))
 
 
-def _labels(labels, logits: Tensor) -> np.ndarray:
+def _labels(labels, logits: Tensor, name: str = "cross_entropy") -> np.ndarray:
     """labels as a checked integer array: shape (N, d1, ...) for logits (N, C, d1, ...)."""
     if isinstance(labels, Tensor):
         raise TypeError("labels must be integer class indices (a NumPy integer array, a list "
@@ -89,7 +84,7 @@ def _labels(labels, logits: Tensor) -> np.ndarray:
     if array.dtype.kind not in "iu":
         raise TypeError(f"labels must be integer class indices, got dtype {array.dtype}")
     if logits.ndim == 0:
-        raise ValueError("cross_entropy needs logits of shape (C,) or (N, C, ...), got a 0-d "
+        raise ValueError(f"{name} needs an input of shape (C,) or (N, C, ...), got a 0-d "
                          "tensor")
     want = () if logits.ndim == 1 else (logits.shape[0],) + logits.shape[2:]
     if array.shape != want:
@@ -103,24 +98,35 @@ def _labels(labels, logits: Tensor) -> np.ndarray:
     return array.astype(np.int64)
 
 
+@composite("cross_entropy")
 def cross_entropy(logits: Tensor, labels, reduction: str = "mean") -> Tensor:
-    """-log_softmax(logits, class axis) picked at the labels, then mean, sum or none.
+    """nll_loss(log_softmax(logits, class axis), labels, reduction).
 
     logits (N, C) with labels (N,), (C,) with a scalar label, or (N, C, d1, ...) with
     labels (N, d1, ...): the class axis is 1 (0 for 1-D logits), as in torch.
     """
     _check_tensor(logits, "cross_entropy's logits")
     _check_reduction(reduction)
-    array = _labels(labels, logits)
-    (logits,) = _entry("cross_entropy", logits)
-    if logits.ndim == 1:
-        picked = log_softmax(logits, axis=0)[int(array)]
+    _labels(labels, logits)
+    return nll_loss(log_softmax(logits, axis=0 if logits.ndim == 1 else 1), labels, reduction)
+
+
+@composite("nll_loss")
+def nll_loss(log_probs: Tensor, labels, reduction: str = "mean") -> Tensor:
+    """-log_probs picked at the labels along the class axis, then mean, sum or none (as
+    torch.nn.functional.nll_loss without weights; shapes as cross_entropy)."""
+    _check_tensor(log_probs, "nll_loss's input")
+    _check_reduction(reduction)
+    array = _labels(labels, log_probs, "nll_loss")
+    if log_probs.ndim == 1:
+        picked = log_probs[int(array)]
     else:
         grid = np.indices(array.shape, sparse=True)
-        picked = log_softmax(logits, axis=1)[(grid[0], array, *grid[1:])]
+        picked = log_probs[(grid[0], array, *grid[1:])]
     return _reduce(-picked, reduction)
 
 
+@composite("mse_loss")
 def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """d = input - target; d * d; then mean, sum or none."""
     _check_tensor(input, "mse_loss's input")
@@ -129,11 +135,11 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     if input.shape != target.shape:
         raise ValueError(f"mse_loss: input shape {input.shape} and target shape "
                          f"{target.shape} differ (no broadcasting)")
-    input, target = _entry("mse_loss", input, target)
     d = input - target
     return _reduce(d * d, reduction)
 
 
+@composite("layer_norm")
 def layer_norm(x: Tensor, normalized_shape: int | Sequence[int], weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """Over the last len(normalized_shape) axes: mu = mean(x); d = x - mu;
@@ -149,9 +155,6 @@ def layer_norm(x: Tensor, normalized_shape: int | Sequence[int], weight: Tensor 
             _check_tensor(t, f"layer_norm's {what}")
             if t.shape != shape:
                 raise ValueError(f"layer_norm: {what} has shape {t.shape}, expected {shape}")
-    given = [t for t in (x, weight, bias) if t is not None]
-    cast = iter(_entry("layer_norm", *given))
-    x, weight, bias = (None if t is None else next(cast) for t in (x, weight, bias))
     axes = tuple(range(x.ndim - k, x.ndim))
     d = x - ops.mean(x, axis=axes, keepdims=True)
     var = ops.mean(d * d, axis=axes, keepdims=True)
@@ -161,10 +164,10 @@ def layer_norm(x: Tensor, normalized_shape: int | Sequence[int], weight: Tensor 
     return y if bias is None else y + bias
 
 
+@composite("linear")
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x @ weight.T + bias; under a policy or autocast all three are first cast to
-    compute_format('linear', [x, weight]) (as torch autocast's 'linear'), so the bias is
-    added in that format too."""
+    """x @ weight.T + bias, all three first cast to compute_format('linear', ...) (the
+    autocast format under autocast, as torch's 'linear'), so the bias is added in it too."""
     _check_tensor(x, "linear's input")
     _check_tensor(weight, "linear's weight")
     if weight.ndim != 2:
@@ -177,10 +180,6 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"linear's bias has shape {bias.shape}, expected "
                              f"({weight.shape[0]},)")
-    if current_policy() is not None:
-        c = compute_format("linear", [x.dtype, weight.dtype])
-        x, weight = ops.cast(x, c), ops.cast(weight, c)
-        bias = None if bias is None else ops.cast(bias, c)
     y = ops.matmul(x, ops.transpose(weight))
     return y if bias is None else y + bias
 

@@ -4,7 +4,7 @@ Bounds and standard deviations are computed by torch's float64 expressions, so t
 same numbers as torch's (the draws themselves come from NumPy's generator, not torch's).
 
 Every function fills a leaf tensor through Tensor.copy_: the values are drawn in float64
-from mpgrad's seeded generator (mpgrad.rng.generator(rng)) and rounded once, to nearest
+from mpgrad's seeded generator (mpgrad.numerics.rng.generator(rng)) and rounded once, to nearest
 even, to the tensor's own format. The tensor keeps its identity, format and requires_grad.
 """
 
@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 
-from .. import rng as _rng
-from ..tensor import Tensor
+from ..autodiff.tensor import Tensor
+from ..numerics import rng as _rng
 
 __all__ = ["calculate_gain", "fan_in_and_fan_out", "uniform_", "normal_", "constant_",
            "zeros_", "ones_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",

@@ -8,9 +8,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .. import rng as _rng
-from ..formats import Format
-from ..tensor import Tensor, ones, zeros
+from ..autodiff.tensor import Tensor, ones, zeros
+from ..numerics import rng as _rng
+from ..numerics.formats import Format
 from . import functional as F
 from . import init
 from .module import Module

@@ -13,23 +13,15 @@ import math
 
 import numpy as np
 
-from ..elementary import correctly_rounded
-from ..exact import exact_div, exact_sqrt, two_prod, two_sum
-from .core import Op, apply
+from ..autodiff.engine import Op, apply, as_tensor
+from ..autodiff.tensor import Tensor
+from ..numerics.elementary import correctly_rounded
+from ..numerics.exact import clean_pair, exact_div, exact_sqrt, two_prod, two_sum
+from ..numerics.formats import promote
 
 __all__ = ["add", "sub", "mul", "div", "neg", "abs", "sqrt", "exp", "log", "tanh", "sigmoid",
            "erf", "relu", "maximum", "minimum", "pow", "clamp", "where", "sign",
            "lt", "le", "gt", "ge", "eq", "ne"]
-
-
-def _pair(hi: np.ndarray, lo: np.ndarray) -> tuple:
-    """An exact pair whose rounding keeps IEEE's result hi where no rounding is needed.
-
-    Where hi is inf or NaN, lo is dropped; a zero lo takes hi's sign, so that a zero result
-    keeps the sign IEEE gives it (-0 * 1 = -0), hi + lo being rounded as a sum.
-    """
-    lo = np.where(np.isfinite(hi), lo, 0.0)
-    return hi, np.where(lo == 0, np.copysign(0.0, hi), lo)
 
 
 def _elementary(name: str):
@@ -42,16 +34,16 @@ def _maximum_vjp(ctx, g, pick):
     return where(pick(a, b), half, 0.0), where(pick(b, a), half, 0.0)
 
 
-_ADD = Op("add", lambda c, a, b: _pair(*two_sum(a, b)), lambda ctx, g: (g, g))
-_SUB = Op("sub", lambda c, a, b: _pair(*two_sum(a, -b)), lambda ctx, g: (g, -g))
-_MUL = Op("mul", lambda c, a, b: _pair(*two_prod(a, b)),
+_ADD = Op("add", lambda c, a, b: clean_pair(*two_sum(a, b)), lambda ctx, g: (g, g))
+_SUB = Op("sub", lambda c, a, b: clean_pair(*two_sum(a, -b)), lambda ctx, g: (g, -g))
+_MUL = Op("mul", lambda c, a, b: clean_pair(*two_prod(a, b)),
           lambda ctx, g: (g * ctx.inputs[1], g * ctx.inputs[0]))
-_DIV = Op("div", lambda c, a, b: _pair(*exact_div(a, b)),
+_DIV = Op("div", lambda c, a, b: clean_pair(*exact_div(a, b)),
           lambda ctx, g: (g / ctx.inputs[1], -g * (ctx.out / ctx.inputs[1])))
 _NEG = Op("neg", lambda c, a: -a, lambda ctx, g: (-g,))
 _ABS = Op("abs", lambda c, a: np.abs(a), lambda ctx, g: (g * sign(ctx.inputs[0]),))
 _SIGN = Op("sign", lambda c, a: np.sign(a))
-_SQRT = Op("sqrt", lambda c, a: _pair(*exact_sqrt(a)), lambda ctx, g: (g / (2 * ctx.out),))
+_SQRT = Op("sqrt", lambda c, a: clean_pair(*exact_sqrt(a)), lambda ctx, g: (g / (2 * ctx.out),))
 _EXP = Op("exp", _elementary("exp"), lambda ctx, g: (g * ctx.out,))
 _LOG = Op("log", _elementary("log"), lambda ctx, g: (g / ctx.inputs[0],))
 _TANH = Op("tanh", _elementary("tanh"), lambda ctx, g: (g * (1 - ctx.out * ctx.out),))
@@ -120,9 +112,6 @@ def where(cond, a, b):
 
 def _compare(fn):
     def compare(a, b) -> np.ndarray:
-        from .core import as_tensor
-        from ..policy import promote
-        from ..tensor import Tensor
         given = [t.dtype for t in (a, b) if isinstance(t, Tensor)]
         c = promote(*given)
         return fn(as_tensor(a, c).to_float64(), as_tensor(b, c).to_float64())

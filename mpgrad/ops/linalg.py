@@ -8,11 +8,13 @@ same model.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..accumulate import default_model, matmul_model
-from ..policy import accumulate_model
-from ..tensor import Tensor
-from .core import Op, apply, as_tensor
-from .shape import transpose
+from ..autodiff.engine import Op, apply
+from ..autodiff.policy import accumulate_model
+from ..autodiff.tensor import Tensor
+from .shape import reshape, transpose
 
 __all__ = ["matmul"]
 
@@ -33,14 +35,22 @@ _MATMUL = Op("matmul", _matmul_forward, lambda ctx, g: (
     matmul(_swap(ctx.inputs[0]), g, accumulate=ctx.params["accumulate"])))
 
 
+def _as_matrix(x, shape: tuple):
+    """x (a Tensor, or data the engine will round once) reshaped; data stays data."""
+    return reshape(x, shape) if isinstance(x, Tensor) else np.reshape(x, shape)
+
+
 def matmul(a, b, accumulate=None):
-    """a @ b (NumPy rules, batch dimensions included), accumulated exactly or by a model."""
-    a = as_tensor(a, b.dtype if isinstance(b, Tensor) else None)
-    b = as_tensor(b, a.dtype)
+    """a @ b (NumPy rules, batch dimensions included), accumulated exactly or by a model.
+
+    An operand that is not a Tensor is rounded once, to the compute format, by the engine."""
+    if a is None or b is None:
+        raise TypeError("matmul: an operand is None")
+    a, b = (x if isinstance(x, Tensor) else np.asarray(x, dtype=np.float64) for x in (a, b))
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError("matmul needs tensors of at least one dimension; use * for scalars")
-    a2 = a.reshape(1, -1) if a.ndim == 1 else a
-    b2 = b.reshape(-1, 1) if b.ndim == 1 else b
+    a2 = _as_matrix(a, (1, -1)) if a.ndim == 1 else a
+    b2 = _as_matrix(b, (-1, 1)) if b.ndim == 1 else b
     if a2.shape[-1] != b2.shape[-2]:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align "
                          f"({a2.shape[-1]} != {b2.shape[-2]})")

@@ -6,24 +6,25 @@ from __future__ import annotations
 import numpy as np
 
 from ..accumulate import Exact, default_model, reduce_sum
-from ..rounding import round_to
-from ..exact import exact_sum, two_prod, two_sum
-from ..policy import accumulate_model
-from .core import Op, apply
+from ..autodiff.engine import Op, apply
+from ..autodiff.policy import accumulate_model
+from ..numerics.exact import (
+    clean_pair,
+    exact_sum,
+    normalize_axes,
+    round_odd,
+    two_prod,
+    two_sum,
+)
+from ..numerics.rounding import round_to
 from .shape import broadcast_to, reshape
 
 __all__ = ["sum", "mean"]
 
 
 def _axes(ndim: int, axis) -> tuple:
-    """axis (None, an int or a tuple) as a sorted tuple of non-negative axes."""
-    if axis is None or ndim == 0 and axis in (0, -1, (0,), (-1,), ()):
-        return tuple(range(ndim))
-    axes = (axis,) if np.isscalar(axis) else tuple(axis)
-    out = tuple(sorted({int(a) % ndim if ndim else 0 for a in axes}))
-    if any(not -max(ndim, 1) <= int(a) < max(ndim, 1) for a in axes):
-        raise ValueError(f"axis {axis} is out of range for a tensor of {ndim} dimensions")
-    return out
+    """axis as sorted non-negative axes (NumPy's rules: see mpgrad.numerics.exact)."""
+    return tuple(sorted(normalize_axes(ndim, axis)))
 
 
 def _count(shape: tuple, axes: tuple) -> int:
@@ -67,12 +68,8 @@ def _divide_pair(hi: np.ndarray, lo: np.ndarray, n: int) -> tuple:
         r, re = two_sum(r, re - pe)
         q2 = r / n
         p2, pe2 = two_prod(q2, np.float64(n))
-        rest = ((r - p2) - pe2) + re  # the sign of R - q2*n
-        odd = (q2.view(np.int64) & 1) == 1
-        nudge = (rest != 0) & ~odd & np.isfinite(q2)
-        q2 = np.where(nudge, np.nextafter(q2, np.where(rest > 0, np.inf, -np.inf)), q2)
-    q2 = np.where(np.isfinite(q1), q2, 0.0)
-    return q1, np.where(q2 == 0, np.copysign(0.0, q1), q2)  # -0 / n stays -0
+        q2 = round_odd(q2, ((r - p2) - pe2) + re)  # the sign of R - q2*n decides the nudge
+    return clean_pair(q1, q2)  # -0 / n stays -0
 
 
 def _sum_forward(c, a, axes, keepdims, accumulate):
@@ -90,7 +87,7 @@ def _mean_forward(c, a, axes, keepdims, accumulate):
     else:
         s = _sum_forward(c, a, axes, keepdims, model)
         pair = _divide_pair(s, np.zeros_like(s), n)
-    return round_to(pair, model.acc, model.rounding)  # acc's storage: apply rounds it to c
+    return round_to(pair, model.acc, model.mode)  # acc's storage: apply rounds it to c
 
 
 _SUM = Op("sum", _sum_forward, lambda ctx, g: (_spread(ctx, g),))

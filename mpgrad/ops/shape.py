@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tensor import Tensor
-from .core import Op, apply
+from ..autodiff.engine import Op, apply
+from ..autodiff.tensor import Tensor
+from ..numerics.exact import exact_sum
 
 __all__ = ["reshape", "transpose", "permute", "expand", "broadcast_to", "getitem",
            "concatenate", "stack", "index_add"]
@@ -88,7 +89,6 @@ def stack(tensors, axis: int = 0):
 
 def _index_add_forward(c, g, shape, index):
     """Zeros of shape with g added at index; repeated positions get their exact sum."""
-    from ..exact import exact_sum
     positions = np.arange(int(np.prod(shape))).reshape(shape)[index]
     flat, values = np.broadcast_arrays(positions, g)
     order = np.argsort(flat.ravel(), kind="stable")

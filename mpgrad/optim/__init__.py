@@ -7,8 +7,8 @@ rounded to nearest, stochastically, or Kahan-compensated.
 
 from .adam import Adam, AdamW
 from .clip import clip_grad_norm_, clip_grad_value_, vector_norm
-from .optimizer import UPDATE_ROUNDINGS, Optimizer, Update
+from .optimizer import UPDATE_MODES, Optimizer, Update
 from .sgd import SGD
 
-__all__ = ["Optimizer", "Update", "UPDATE_ROUNDINGS", "SGD", "Adam", "AdamW",
+__all__ = ["Optimizer", "Update", "UPDATE_MODES", "SGD", "Adam", "AdamW",
            "clip_grad_norm_", "clip_grad_value_", "vector_norm"]

@@ -6,10 +6,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..formats import Format
+from ..autodiff.tensor import Tensor
+from ..numerics.formats import Format
 from ..ops import add, div, mul, neg, sqrt
-from ..tensor import Tensor
-from .optimizer import Optimizer, Update, _lerp, _muladd, _number
+from ..ops.fused import lerp, muladd
+from .optimizer import Optimizer, Update, hyperparameter
 
 __all__ = ["Adam", "AdamW"]
 
@@ -34,21 +35,21 @@ class Adam(Optimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
                  decoupled_weight_decay: bool = False, master_dtype: Format | str | None = None,
-                 update_rounding: str = "nearest_even", kahan: bool = False,
+                 update_mode: str = "nearest_even", kahan: bool = False,
                  rng: np.random.Generator | int | None = None) -> None:
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
                     "amsgrad": amsgrad, "maximize": maximize,
                     "decoupled_weight_decay": decoupled_weight_decay}
         self._validate_group(defaults)
         super().__init__(params, defaults, master_dtype=master_dtype,
-                         update_rounding=update_rounding, kahan=kahan, rng=rng)
+                         update_mode=update_mode, kahan=kahan, rng=rng)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
-        lr, eps = _number("lr", group["lr"]), _number("eps", group["eps"])
+        lr, eps = hyperparameter("lr", group["lr"]), hyperparameter("eps", group["eps"])
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        beta1, beta2 = _number("betas[0]", betas[0]), _number("betas[1]", betas[1])
+        beta1, beta2 = hyperparameter("betas[0]", betas[0]), hyperparameter("betas[1]", betas[1])
         if not 0.0 <= lr:
             raise ValueError(f"Invalid learning rate: {group['lr']}")
         if not 0.0 <= eps:
@@ -57,7 +58,7 @@ class Adam(Optimizer):
             raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
         if not 0.0 <= beta2 < 1.0:
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not 0.0 <= _number("weight_decay", group["weight_decay"]):
+        if not 0.0 <= hyperparameter("weight_decay", group["weight_decay"]):
             raise ValueError(f"Invalid weight_decay value: {group['weight_decay']}")
         if group["amsgrad"]:
             raise NotImplementedError("amsgrad=True is not implemented in mpgrad.optim "
@@ -85,9 +86,9 @@ class Adam(Optimizer):
             if group["decoupled_weight_decay"]:
                 decay = 1 - lr * wd
             else:
-                g = _muladd(wd, x, g)
-        m = _lerp(state["exp_avg"], g, 1 - beta1)
-        v = _muladd(mul(g, 1 - beta2), g, mul(state["exp_avg_sq"], beta2))
+                g = muladd(wd, x, g)
+        m = lerp(state["exp_avg"], g, 1 - beta1)
+        v = muladd(mul(g, 1 - beta2), g, mul(state["exp_avg_sq"], beta2))
         state["exp_avg"], state["exp_avg_sq"] = m, v
         bias_correction1 = 1 - beta1 ** step
         bias_correction2 = 1 - beta2 ** step
@@ -103,8 +104,8 @@ class AdamW(Adam):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
                  master_dtype: Format | str | None = None,
-                 update_rounding: str = "nearest_even", kahan: bool = False,
+                 update_mode: str = "nearest_even", kahan: bool = False,
                  rng: np.random.Generator | int | None = None) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          decoupled_weight_decay=True, master_dtype=master_dtype,
-                         update_rounding=update_rounding, kahan=kahan, rng=rng)
+                         update_mode=update_mode, kahan=kahan, rng=rng)

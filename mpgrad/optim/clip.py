@@ -7,13 +7,13 @@ from typing import Iterable
 
 import numpy as np
 
-from ..autograd import no_grad
-from ..exact import exact_sqrt, exact_sum, two_prod
-from ..formats import Format, float32, float64
+from ..autodiff.engine import no_grad
+from ..autodiff.policy import autocast, promote
+from ..autodiff.tensor import Tensor
+from ..numerics.exact import clean_pair, exact_sqrt, exact_sum, two_prod
+from ..numerics.formats import Format, float32, float64
+from ..numerics.rounding import round_to, to_float64
 from ..ops import add, clamp, div, mul, pow, sum
-from ..policy import autocast, promote
-from ..rounding import round_to, to_float64
-from ..tensor import Tensor
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "vector_norm"]
 
@@ -35,17 +35,17 @@ def _set_grad(p: Tensor, values: np.ndarray) -> None:
         p.grad = new
 
 
-def vector_norm(x: Tensor | np.ndarray, fmt: Format | None = None,
+def vector_norm(x: Tensor | np.ndarray, dtype: Format | None = None,
                 norm_type: float = 2.0) -> Tensor:
-    """The norm_type-norm of x's exact values, rounded once to fmt (default: x's format).
+    """The norm_type-norm of x's exact values, rounded once to dtype (default: x's format).
 
     inf, -inf, 0 and 1: the exact max|x|, min|x|, count of nonzeros, sum|x|, rounded once;
     2: sqrt of the exact sum of squares, rounded once (formats of <= 25 bits: the sum is
     rounded to odd on float64's grid, which keeps its position against every square of a
     midpoint; float64: two roundings); other p > 0: pow(|x|, p), exact sum, pow(., 1/p),
-    each correctly rounded to fmt.
+    each correctly rounded to dtype.
     """
-    fmt = (x.dtype if isinstance(x, Tensor) else float64) if fmt is None else fmt
+    fmt = (x.dtype if isinstance(x, Tensor) else float64) if dtype is None else dtype
     p = float(norm_type)
     if math.isnan(p) or (p < 0 and p != -math.inf):
         raise ValueError(f"norm_type must be >= 0, inf or -inf, got {norm_type}")
@@ -60,8 +60,7 @@ def vector_norm(x: Tensor | np.ndarray, fmt: Format | None = None,
         if not np.all(np.isfinite(a)):
             exact = np.float64(np.nan if np.isnan(a).any() else np.inf)
         else:
-            hi, lo = two_prod(a, a)
-            lo = np.where(np.isfinite(hi), lo, 0.0)
+            hi, lo = clean_pair(*two_prod(a, a))
             squares = exact_sum(np.concatenate([hi, lo]))
             mode = "odd" if fmt.precision <= 25 else "nearest_even"
             exact = exact_sqrt(round_to(squares, float64, mode))

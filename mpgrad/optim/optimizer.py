@@ -15,62 +15,22 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..autograd import enable_grad, no_grad
-from ..exact import exact_sum, two_prod, two_sum
-from ..formats import Format, as_format
+from ..autodiff.engine import enable_grad, no_grad
+from ..autodiff.policy import autocast
+from ..autodiff.tensor import Tensor
+from ..numerics.exact import two_prod
+from ..numerics.formats import Format, as_format
+from ..numerics.rng import generator
+from ..numerics.rounding import round_to, to_float64
 from ..ops import add, cast, mul, sub
-from ..ops.core import Op, apply
-from ..policy import autocast
-from ..rng import generator
-from ..rounding import round_to, to_float64
-from ..tensor import Tensor
+from ..ops.fused import muladd, muladd_exact, rounded
 
-__all__ = ["Optimizer", "Update", "UPDATE_ROUNDINGS"]
+__all__ = ["Optimizer", "Update", "UPDATE_MODES"]
 
-UPDATE_ROUNDINGS = ("nearest_even", "stochastic")
+UPDATE_MODES = ("nearest_even", "stochastic")
 
 
-def _muladd_exact(a, b, z) -> tuple[np.ndarray, np.ndarray]:
-    """The exact a*b + z as a pair (hi, lo), exact or rounding-equivalent (see mpgrad.exact)."""
-    a, b, z = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (a, b, z)))
-    p, e = two_prod(a, b)
-    e = np.where(np.isfinite(p), e, 0.0)
-    e = np.where(e == 0, np.copysign(0.0, p), e)  # -0 * 1 + -0 stays -0, as IEEE's fma
-    if np.any(e):  # the product is not a double (float64 operands): add three terms exactly
-        hi, lo = exact_sum(np.stack((z, p, e), axis=-1), axis=-1)
-    else:  # operands of <= 26 bits: the product is exact, TwoSum is exact
-        with np.errstate(invalid="ignore"):
-            hi, lo = two_sum(z, p)
-    lo = np.where(np.isfinite(hi), lo, 0.0)
-    return hi, np.where(lo == 0, np.copysign(0.0, hi), lo)
-
-
-# a*b + z rounded once: what torch's vectorised fmadd computes for add(alpha), addcmul, lerp.
-_MULADD = Op("muladd", lambda c, a, b, z: _muladd_exact(a, b, z))
-
-
-def _muladd(a, b, z) -> Tensor:
-    """a*b + z rounded once (a fused multiply-add) in the compute format; numbers are
-    rounded to that format first, as in every mpgrad op."""
-    return apply(_MULADD, a, b, z)
-
-
-def _rounded(value: float, fmt: Format) -> float:
-    """A Python number rounded (nearest even) to fmt, as a float: how ops see numbers."""
-    return float(to_float64(round_to(np.float64(value), fmt)))
-
-
-def _lerp(start: Tensor, end: Tensor, weight: float) -> Tensor:
-    """torch's lerp kernel: w = weight rounded; d = end - start rounded; then, rounded once,
-    start + w*d if |w| < 0.5, else end + (w - 1)*d with w - 1 rounded."""
-    w = _rounded(weight, start.dtype)
-    diff = sub(end, start)
-    if abs(w) < 0.5:
-        return _muladd(w, diff, start)
-    return _muladd(_rounded(w - 1.0, start.dtype), diff, end)
-
-
-def _number(name: str, value: Any) -> float:
+def hyperparameter(name: str, value: Any) -> float:
     """value as a float, or a TypeError naming the hyperparameter."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a Python number, got {type(value).__name__}")
@@ -98,21 +58,21 @@ class Optimizer:
 
     def __init__(self, params: Iterable, defaults: dict[str, Any], *,
                  master_dtype: Format | str | None = None,
-                 update_rounding: str = "nearest_even", kahan: bool = False,
+                 update_mode: str = "nearest_even", kahan: bool = False,
                  rng: np.random.Generator | int | None = None) -> None:
-        if update_rounding not in UPDATE_ROUNDINGS:
-            raise ValueError(f"update_rounding must be one of {', '.join(UPDATE_ROUNDINGS)}, "
-                             f"got {update_rounding!r}")
+        if update_mode not in UPDATE_MODES:
+            raise ValueError(f"update_mode must be one of {', '.join(UPDATE_MODES)}, "
+                             f"got {update_mode!r}")
         if kahan and master_dtype is not None:
             raise ValueError("kahan=True compensates the rounding of a low-precision "
                              "parameter; with master_dtype the master copy already keeps "
                              "the update: use one or the other")
-        if kahan and update_rounding != "nearest_even":
+        if kahan and update_mode != "nearest_even":
             raise ValueError("kahan=True rounds every operation to nearest; it cannot be "
-                             "combined with update_rounding='stochastic'")
+                             "combined with update_mode='stochastic'")
         self.defaults = dict(defaults)
         self.master_dtype = None if master_dtype is None else as_format(master_dtype)
-        self.update_rounding = update_rounding
+        self.update_mode = update_mode
         self.kahan = bool(kahan)
         self._rng = None if rng is None else generator(rng)  # None: mpgrad's global one
         self.state: dict[Tensor, dict[str, Any]] = {}
@@ -247,23 +207,23 @@ class Optimizer:
             x = self._decayed(x, update.decay)
         new = self._apply(state, x, update)
         delta_nonzero = to_float64(update.direction.data) != 0
-        if update.scale is not None and _rounded(update.scale, fmt) == 0:
+        if update.scale is not None and rounded(update.scale, fmt) == 0:
             delta_nonzero = np.zeros_like(delta_nonzero)
         unchanged = to_float64(new.data) == to_float64(x.data)
         self.lost_updates += int(np.count_nonzero(delta_nonzero & unchanged))
         if self.master_dtype is not None:
             state["master"] = new
-            p.copy_(new, mode=self.update_rounding, rng=self._rng)
+            p.copy_(new, mode=self.update_mode, rng=self._rng)
         else:
             p.copy_(new)
 
     def _stochastic(self) -> bool:
-        return self.update_rounding == "stochastic" and self.master_dtype is None
+        return self.update_mode == "stochastic" and self.master_dtype is None
 
     def _decayed(self, x: Tensor, factor: float) -> Tensor:
         """x * factor (factor rounded to x's format), rounded once: to nearest, or
         stochastically when the parameter itself is written stochastically."""
-        f = _rounded(factor, x.dtype)
+        f = rounded(factor, x.dtype)
         if self._stochastic():
             exact = two_prod(to_float64(x.data), np.float64(f))
             return Tensor._wrap(round_to(exact, x.dtype, "stochastic", rng=self._rng), x.dtype)
@@ -274,15 +234,15 @@ class Optimizer:
         d, scale = update.direction, update.scale
         if self.kahan:  # optimi's Kahan update: c += delta; t = p; p += c; c += t - p
             comp = state["kahan_comp"]
-            comp = add(comp, d) if scale is None else _muladd(scale, d, comp)
+            comp = add(comp, d) if scale is None else muladd(scale, d, comp)
             new = add(x, comp)
             state["kahan_comp"] = add(comp, sub(x, new))
             return new
         if self._stochastic():  # the exact x + scale*d, rounded stochastically once
-            s = 1.0 if scale is None else _rounded(scale, x.dtype)
-            exact = _muladd_exact(s, to_float64(d.data), to_float64(x.data))
+            s = 1.0 if scale is None else rounded(scale, x.dtype)
+            exact = muladd_exact(s, to_float64(d.data), to_float64(x.data))
             return Tensor._wrap(round_to(exact, x.dtype, "stochastic", rng=self._rng), x.dtype)
-        return add(x, d) if scale is None else _muladd(scale, d, x)
+        return add(x, d) if scale is None else muladd(scale, d, x)
 
     # --- saving and loading --------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

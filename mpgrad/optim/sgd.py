@@ -6,10 +6,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..formats import Format
+from ..autodiff.tensor import Tensor
+from ..numerics.formats import Format
 from ..ops import mul, neg
-from ..tensor import Tensor
-from .optimizer import Optimizer, Update, _muladd, _number
+from ..ops.fused import muladd
+from .optimizer import Optimizer, Update, hyperparameter
 
 __all__ = ["SGD"]
 
@@ -29,18 +30,18 @@ class SGD(Optimizer):
     def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
                  maximize: bool = False, master_dtype: Format | str | None = None,
-                 update_rounding: str = "nearest_even", kahan: bool = False,
+                 update_mode: str = "nearest_even", kahan: bool = False,
                  rng: np.random.Generator | int | None = None) -> None:
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
                     "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize}
         self._validate_group(defaults)
         super().__init__(params, defaults, master_dtype=master_dtype,
-                         update_rounding=update_rounding, kahan=kahan, rng=rng)
+                         update_mode=update_mode, kahan=kahan, rng=rng)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
-        lr, momentum = _number("lr", group["lr"]), _number("momentum", group["momentum"])
-        dampening = _number("dampening", group["dampening"])
-        weight_decay = _number("weight_decay", group["weight_decay"])
+        lr, momentum = hyperparameter("lr", group["lr"]), hyperparameter("momentum", group["momentum"])
+        dampening = hyperparameter("dampening", group["dampening"])
+        weight_decay = hyperparameter("weight_decay", group["weight_decay"])
         if not 0.0 <= lr:
             raise ValueError(f"Invalid learning rate: {group['lr']}")
         if not 0.0 <= momentum:
@@ -57,14 +58,14 @@ class SGD(Optimizer):
                 grad: Tensor) -> Update:
         g = neg(grad) if group["maximize"] else grad
         if group["weight_decay"] != 0:
-            g = _muladd(group["weight_decay"], x, g)
+            g = muladd(group["weight_decay"], x, g)
         momentum = group["momentum"]
         if momentum != 0:
             buf = state.get("momentum_buffer")
             if buf is None:
                 buf = g.detach()  # torch: grad.detach().clone()
             else:
-                buf = _muladd(1 - group["dampening"], g, mul(buf, momentum))
+                buf = muladd(1 - group["dampening"], g, mul(buf, momentum))
             state["momentum_buffer"] = buf
-            g = _muladd(momentum, buf, g) if group["nesterov"] else buf
+            g = muladd(momentum, buf, g) if group["nesterov"] else buf
         return Update(direction=g, scale=-group["lr"])

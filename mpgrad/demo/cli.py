@@ -8,8 +8,12 @@ import inspect
 import os
 import sys
 
-from .bits import describe
-from .formats import FORMATS
+from ..numerics.bits import describe
+from ..numerics.formats import FORMATS
+from .data import load
+from .recipes import DEFAULT_RECIPES, get_recipe
+from .table import text_table
+from .train import results_table, train
 
 __all__ = ["main", "formats_table"]
 
@@ -18,21 +22,16 @@ def formats_table() -> str:
     """The built-in formats as a text table."""
     head = ("name", "e", "m", "bias", "max", "min normal", "min subnormal", "eps",
             "inf", "nan", "-0", "storage")
-    rows = [head] + [
+    return text_table(head, [
         (f.name, str(f.exponent_bits), str(f.fraction_bits), str(f.bias), f"{f.max:.6g}",
          f"{f.smallest_normal:.6g}", f"{f.smallest_subnormal:.6g}", f"{f.eps:.6g}",
          "yes" if f.infinities else "no", f.nan, "yes" if f.signed_zero else "no",
          str(f.storage))
-        for f in FORMATS.values()]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+        for f in FORMATS.values()])
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
-    """The options shared by train and compare, with mpgrad.train.train's defaults."""
-    from .train import train
+    """The options shared by train and compare, with mpgrad.demo.train.train's defaults."""
     default = {k: v.default for k, v in inspect.signature(train).parameters.items()}
     p.add_argument("--steps", type=int, default=default["steps"])
     p.add_argument("--batch-size", type=int, default=default["batch_size"])
@@ -86,9 +85,6 @@ def _plot(results: list, path: str) -> None:
 
 def _run(args, names: list[str]) -> list:
     """Train each recipe with the command's options; print the table."""
-    from .data import load
-    from .recipes import get_recipe
-    from .train import results_table, train
     for name in names:
         get_recipe(name)  # unknown names fail before any training
     if args.plot:
@@ -109,7 +105,6 @@ def _run(args, names: list[str]) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the mpgrad command."""
-    from .recipes import DEFAULT_RECIPES
     parser = argparse.ArgumentParser(prog="mpgrad", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("formats", help="print the table of built-in number formats")

@@ -19,24 +19,24 @@ from typing import Callable, Union
 
 import numpy as np
 
-from .exact import exact_sum, two_sum
-from .exact_matmul import exact_matmul
-from .formats import Format, as_format, float32
-from .rounding import MODES, round_to, to_float64
+from ..numerics.exact import clean_pair, exact_sum, two_sum
+from ..numerics.formats import Format, as_format, float32
+from ..numerics.rounding import MODES, round_to, to_float64
+from .rounding_error import U53, pairwise_depth, round_params, tree_bound
 
-__all__ = ["Exact", "Sequential", "Pairwise", "Chunked", "BlockFMA", "Model", "hardware",
-           "HARDWARE", "dot", "matmul_model", "reduce_sum", "default_model", "check_inputs"]
+__all__ = ["Exact", "Sequential", "Pairwise", "Chunked", "BlockFMA", "Model", "MODELS",
+           "error_bound"]
 
 Terms = Callable[[int, int], np.ndarray]  # (k0, k1) -> exact terms k0..k1-1 on a first axis
-_LIMIT = 2.0 ** 500  # finite nonzero inputs must lie in [2**-500, 2**500]: nothing over/underflows
+Bound = Callable[[int, int], np.ndarray]  # (k0, k1) -> an upper bound on sum |t_k| over them
 
 
 def _check_common(obj) -> None:
     """Normalise acc to a Format and check the rounding mode (stochastic is not a model)."""
     object.__setattr__(obj, "acc", as_format(obj.acc))
-    if obj.rounding not in MODES or obj.rounding == "stochastic":
-        raise ValueError(f"rounding must be a deterministic mode of {MODES[:-1]}, "
-                         f"got {obj.rounding!r}")
+    if obj.mode not in MODES or obj.mode == "stochastic":
+        raise ValueError(f"mode must be a deterministic rounding mode of {MODES[:-1]}, "
+                         f"got {obj.mode!r}")
 
 
 def _round(x, fmt: Format, mode: str) -> np.ndarray:
@@ -46,10 +46,7 @@ def _round(x, fmt: Format, mode: str) -> np.ndarray:
 
 def _add(s: np.ndarray, t: np.ndarray, fmt: Format, mode: str) -> np.ndarray:
     """round(s + t) with one rounding: the exact sum as a TwoSum pair (specials pass through)."""
-    hi, lo = two_sum(s, t)
-    with np.errstate(invalid="ignore"):
-        lo = np.where(np.isfinite(hi), lo, 0.0)
-    return _round((hi, lo), fmt, mode)
+    return _round(clean_pair(*two_sum(s, t)), fmt, mode)
 
 
 @dataclass(frozen=True)
@@ -57,15 +54,24 @@ class Exact:
     """The exact sum of the exact terms, rounded once to acc."""
 
     acc: Format = float32
-    rounding: str = "nearest_even"
+    mode: str = "nearest_even"
 
     def __post_init__(self) -> None:
         _check_common(self)
 
     def reduce(self, K: int, terms: Terms, shape: tuple) -> np.ndarray:
         """Reduce K terms of the given shape."""
-        return (_round(exact_sum(terms(0, K), axis=0), self.acc, self.rounding) if K
+        return (_round(exact_sum(terms(0, K), axis=0), self.acc, self.mode) if K
                 else np.zeros(shape))
+
+    def bound(self, K: int, T: Bound, shape: tuple, s_abs=None) -> tuple:
+        """(err, mag) for K >= 1 terms (see error_bound)."""
+        # One rounding of the exact sum s: |fl(s) - s| <= delta |s| + eta.
+        delta, eta = round_params(self.acc, self.mode)
+        s = T(0, K) if s_abs is None else np.minimum(s_abs, T(0, K))
+        err = delta * s + eta
+        mag = s + err
+        return err, mag
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ class Sequential:
 
     acc: Format = float32
     fma: bool = True
-    rounding: str = "nearest_even"
+    mode: str = "nearest_even"
     order: str = "forward"
 
     def __post_init__(self) -> None:
@@ -95,9 +101,19 @@ class Sequential:
         for k in self.indices(K):
             t = terms(k, k + 1)[0]
             if not self.fma:
-                t = _round(t, self.acc, self.rounding)
-            s = _add(s, t, self.acc, self.rounding)
+                t = _round(t, self.acc, self.mode)
+            s = _add(s, t, self.acc, self.mode)
         return s
+
+    def bound(self, K: int, T: Bound, shape: tuple, s_abs=None) -> tuple:
+        """(err, mag) for K >= 1 terms (see error_bound)."""
+        # d = K roundings on a path at most: with fma, t_1 passes the K roundings s_1..s_K
+        # and t_k passes K - k + 1; without fma t_k is rounded first (1) and then passes
+        # s_k..s_K, except that s_1 = fl(0 + fl(t_1)) is exact, so again at most K.
+        # R = K (fma) or 2K - 1 roundings.  Any order of the additions gives the same d.
+        R = K if self.fma else 2 * K - 1
+        err = tree_bound(T(0, K), K, R, self.acc, self.mode)
+        return err, T(0, K) + err
 
 
 @dataclass(frozen=True)
@@ -111,7 +127,7 @@ class Pairwise:
 
     acc: Format = float32
     block: int = 8
-    rounding: str = "nearest_even"
+    mode: str = "nearest_even"
 
     def __post_init__(self) -> None:
         _check_common(self)
@@ -121,18 +137,26 @@ class Pairwise:
     def _part(self, k0: int, n: int, terms: Terms) -> np.ndarray:
         """The pairwise sum of terms k0 .. k0+n-1 (n >= 1)."""
         if n <= self.block:
-            s = _round(terms(k0, k0 + 1)[0], self.acc, self.rounding)
+            s = _round(terms(k0, k0 + 1)[0], self.acc, self.mode)
             for k in range(k0 + 1, k0 + n):
-                s = _add(s, _round(terms(k, k + 1)[0], self.acc, self.rounding),
-                         self.acc, self.rounding)
+                s = _add(s, _round(terms(k, k + 1)[0], self.acc, self.mode),
+                         self.acc, self.mode)
             return s
         h = n // 2
         return _add(self._part(k0, h, terms), self._part(k0 + h, n - h, terms),
-                    self.acc, self.rounding)
+                    self.acc, self.mode)
 
     def reduce(self, K: int, terms: Terms, shape: tuple) -> np.ndarray:
         """Reduce K terms by recursive halving (an empty sum is +0)."""
         return np.zeros(shape) if K == 0 else self._part(0, K, terms)
+
+    def bound(self, K: int, T: Bound, shape: tuple, s_abs=None) -> tuple:
+        """(err, mag) for K >= 1 terms (see error_bound)."""
+        # Every term is rounded to acc, then K - 1 additions: R = 2K - 1, and the depth
+        # below (<= K; ~ block + log2(K / block)).
+        err = tree_bound(T(0, K), pairwise_depth(K, self.block), 2 * K - 1, self.acc,
+                         self.mode)
+        return err, T(0, K) + err
 
 
 @dataclass(frozen=True)
@@ -143,7 +167,7 @@ class BlockFMA:
     accumulator c when include_accumulator: E = max floor(log2|x|) over the block's finite
     nonzero terms; each term is truncated toward zero to a multiple of 2**(E - F),
     F = fraction_bits; the truncated terms are added exactly and the sum rounded once to
-    acc with `rounding`, giving the next c (c starts at +0). Without include_accumulator
+    acc with `mode`, giving the next c (c starts at +0). Without include_accumulator
     the block sum is rounded to acc and then c = round(c + that), one more rounding.
     Zero terms take no part in E; a block of zeros (and c = 0) sums to +0. A NaN term,
     or infinities of both signs, make the block NaN; otherwise an infinity passes through;
@@ -153,7 +177,7 @@ class BlockFMA:
     n: int = 16
     fraction_bits: int = 25
     include_accumulator: bool = True
-    rounding: str = "toward_zero"
+    mode: str = "toward_zero"
     acc: Format = float32
 
     def __post_init__(self) -> None:
@@ -188,7 +212,7 @@ class BlockFMA:
             if c is not None:
                 total += np.trunc(np.ldexp(c, shift))
             s = np.ldexp(total, -shift) + 0.0  # exact; a zero sum is +0
-        return _round(s, self.acc, self.rounding)
+        return _round(s, self.acc, self.mode)
 
     def reduce(self, K: int, terms: Terms, shape: tuple) -> np.ndarray:
         """Reduce K terms block by block with an (shape) accumulator."""
@@ -198,8 +222,39 @@ class BlockFMA:
             if self.include_accumulator:
                 c = self._block(t, c)
             else:
-                c = _add(c, self._block(t, None), self.acc, self.rounding)
+                c = _add(c, self._block(t, None), self.acc, self.mode)
         return c
+
+    def bound(self, K: int, T: Bound, shape: tuple, s_abs=None) -> tuple:
+        """(err, mag) for K >= 1 terms (see error_bound)."""
+        # Per block b (terms t_j, j in the block, plus c when include_accumulator): with
+        # E = max floor(log2 |x|) over the items, 2^E <= max |x|, and truncating each item
+        # toward zero to a multiple of 2^(E - F) loses less than 2^(E - F) (an item below
+        # that is lost whole, also < 2^(E - F)).  So the aligned exact sum is
+        #   sum(items) + tau,  |tau| <= n_items 2^-F max|x| <= n_items 2^-F (|c| + T_b),
+        # with T_b = sum_{j in b} |t_j| and |c| <= S_{b-1} + e_{b-1} (S_b: the running
+        # sum of |t|, e_b: the error bound after block b).  Then one rounding to acc:
+        #   c_b = (c_{b-1} + sum t_j + tau)(1 + d) + e',  so
+        #   e_b <= (e_{b-1} + |tau|)(1 + delta) + delta S_b + eta.
+        # Without include_accumulator the block sum is rounded (error
+        # eb = |tau| + delta (T_b + |tau|) + eta, with tau <= n_b 2^-F T_b) and then
+        # c_b = fl(c_{b-1} + that):  e_b <= e_{b-1} + eb + delta (S_b + e_{b-1} + eb) + eta.
+        delta, eta = round_params(self.acc, self.mode)
+        f = 2.0 ** -self.fraction_bits
+        e, S = np.zeros(shape), np.zeros(shape)
+        for k0 in range(0, K, self.n):
+            k1 = min(k0 + self.n, K)
+            Tb = T(k0, k1)
+            if self.include_accumulator:
+                tau = (k1 - k0 + 1) * f * (S + e + Tb)
+                S = S + Tb
+                e = (e + tau) * (1 + delta) + delta * S + eta
+            else:
+                tau = (k1 - k0) * f * Tb
+                eb = tau + delta * (Tb + tau) + eta
+                S = S + Tb
+                e = e + eb + delta * (S + e + eb) + eta
+        return e, S + e
 
 
 @dataclass(frozen=True)
@@ -217,7 +272,7 @@ class Chunked:
         if not isinstance(self.chunk, int) or self.chunk < 1:
             raise ValueError(f"chunk must be an int >= 1, got {self.chunk!r}")
         for name in ("inner", "outer"):
-            if not isinstance(getattr(self, name), _MODELS):
+            if not isinstance(getattr(self, name), MODELS):
                 raise ValueError(f"{name} must be an accumulation model, "
                                  f"got {getattr(self, name)!r}")
 
@@ -234,153 +289,40 @@ class Chunked:
         stack = np.stack(parts) if parts else np.zeros((0,) + shape)
         return self.outer.reduce(len(parts), lambda a, b: stack[a:b], shape)
 
-
-_MODELS = (Exact, Sequential, Pairwise, BlockFMA, Chunked)
-Model = Union[_MODELS]
-
-
-def default_model(compute: Format) -> Exact:
-    """The model used when none is given: exact, rounded once to float32 (float64 when
-    computing in a format float32 does not hold), then to the compute format."""
-    from .policy import promote
-    return Exact(promote(float32, compute))
-
-
-def _bits_at_most(v: np.ndarray, bits: int) -> bool:
-    """Whether every finite value of v has at most `bits` significant bits."""
-    c = v * (2.0 ** (53 - bits) + 1)  # Veltkamp: the high part keeps `bits` bits
-    return not np.any(v - (c - (c - v)) != 0)
-
-
-def check_inputs(x: np.ndarray, bits: int | None = None) -> None:
-    """Refuse finite nonzero values outside [2**-500, 2**500] (or with more than bits bits)."""
-    fin = np.isfinite(x) & (x != 0)
-    v = np.abs(x[fin])
-    if v.size and (v.max() > _LIMIT or v.min() < 1 / _LIMIT):
-        raise ValueError("accumulation models need finite nonzero inputs in [2**-500, 2**500]")
-    if bits is not None and v.size and not _bits_at_most(v, bits):
-        raise ValueError(f"matmul inputs must have at most {bits} significant bits (the "
-                         "values of float32 or a narrower format), so products are exact")
+    def bound(self, K: int, T: Bound, shape: tuple, s_abs=None) -> tuple:
+        """(err, mag) for K >= 1 terms (see error_bound)."""
+        # Inner model on each chunk c: |r_c - s_c| <= e_c and |r_c| <= m_c (its magnitude
+        # bound).  The outer model sums the exact values r_c, so its error is bounded by its
+        # own bound with term magnitudes m_c; the total is sum_c e_c + outer error.
+        errs, mags = [], []
+        for k0 in range(0, K, self.chunk):
+            k1 = min(k0 + self.chunk, K)
+            e, m = error_bound(self.inner, k1 - k0, lambda a, b, k0=k0: T(k0 + a, k0 + b),
+                               shape)
+            errs.append(e), mags.append(m)
+        stack = np.stack(mags)
+        inner_err = np.sum(np.stack(errs), axis=0) * (1 + 4 * (len(errs) + 2) * U53)
+        outer_err, mag = error_bound(
+            self.outer, len(mags),
+            lambda a, b: np.sum(stack[a:b], axis=0) * (1 + 4 * (b - a + 2) * U53), shape)
+        return inner_err + outer_err, mag
 
 
-def _float32_products(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether every product a_ik * b_kj is a normal float32 or zero, exactly (finite inputs
-    of at most 12 significant bits, magnitudes in range): then float32 arithmetic is exact
-    for the products and correctly rounded for each sum."""
-    va, vb = (np.abs(x[x != 0]) for x in (a, b))
-    if not (va.size and vb.size):
-        return False
-    return bool(np.all(np.isfinite(va)) and np.all(np.isfinite(vb))
-                and va.max() * vb.max() < 2.0 ** 127 and va.min() * vb.min() >= 2.0 ** -126
-                and _bits_at_most(va, 12) and _bits_at_most(vb, 12))
+MODELS = (Exact, Sequential, Pairwise, BlockFMA, Chunked)
+Model = Union[MODELS]
 
 
-def _sequential_float32(a: np.ndarray, b: np.ndarray, model: Sequential) -> np.ndarray:
-    """Sequential(float32) by NumPy float32 arithmetic (IEEE, round to nearest even): each
-    product is exact in float32, each addition one correct rounding, in the model's order."""
-    a32, b32 = a.astype(np.float32), b.astype(np.float32)
-    s = np.zeros((a.shape[0], b.shape[1]), dtype=np.float32)
-    t = np.empty_like(s)
-    with np.errstate(over="ignore", invalid="ignore"):
-        for k in model.indices(a.shape[1]):
-            np.multiply(a32[:, k, None], b32[None, k, :], out=t)
-            np.add(s, t, out=s)
-    return s.astype(np.float64)
+def error_bound(model: Model, K: int, T: Bound, shape: tuple, s_abs=None) -> tuple:
+    """(err, mag): bounds on |result - exact sum| and on |result| for K terms reduced by model.
 
-
-def _check_model(model) -> None:
-    if not isinstance(model, _MODELS):
-        raise ValueError(f"expected an accumulation model (Exact, Sequential, Pairwise, "
-                         f"BlockFMA, Chunked), got {model!r}")
-
-
-_TILE = 1 << 14  # outputs reduced at a time by a block model (its term stack stays small)
-
-
-def _matmul2(a: np.ndarray, b: np.ndarray, model: Model) -> np.ndarray:
-    """One (M, K) @ (K, N) product under a model other than Exact."""
-    if (isinstance(model, Sequential) and model.acc == float32
-            and model.rounding == "nearest_even" and _float32_products(a, b)):
-        return _sequential_float32(a, b, model)
-    rows = a.shape[0] if isinstance(model, Sequential) else max(1, _TILE // max(b.shape[1], 1))
-    out = np.empty((a.shape[0], b.shape[1]))
-    for i in range(0, a.shape[0], rows):
-        at = np.ascontiguousarray(a[i:i + rows].T)
-
-        def terms(k0: int, k1: int) -> np.ndarray:
-            with np.errstate(invalid="ignore"):  # inf * 0 is NaN, as IEEE says
-                return at[k0:k1, :, None] * b[k0:k1, None, :]  # exact products, (k, rows, N)
-
-        out[i:i + rows] = model.reduce(a.shape[1], terms, (at.shape[1], b.shape[1]))
-    return out
-
-
-def matmul_model(a, b, model: Model, storage: bool = False,
-                 max_bits: int | None = None) -> np.ndarray:
-    """a (..., M, K) @ b (..., K, N) of exact values under the model, as acc-format float64
-    (storage=True: Exact's result in acc's storage dtype, saving a conversion; max_bits:
-    see exact_matmul).
-
-    Exact takes the error-free BLAS path (mpgrad.exact_matmul) for any float64 inputs;
-    the other models need inputs of at most 26 significant bits (exact float64 products).
+    T(k0, k1) is an upper bound on sum_{k0 <= k < k1} |t_k| (an array of the given shape);
+    s_abs, if given, an upper bound on |exact sum| (used by Exact only). err is inf where an
+    intermediate value could reach the accumulator's overflow threshold: every intermediate
+    value is at most the final magnitude bound in size (partial sums of the terms plus their
+    errors), so below acc.max nothing overflows.
     """
-    _check_model(model)
-    a, b = to_float64(a), to_float64(b)
-    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"matmul_model needs (..., M, K) and (..., K, N) arrays, got "
-                         f"{a.shape}, {b.shape}")
-    if isinstance(model, Exact):
-        stored = round_to(exact_matmul(a, b, max_bits), model.acc, model.rounding)
-        return stored if storage else to_float64(stored)
-    check_inputs(a, 26), check_inputs(b, 26)
-    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    a, b = np.broadcast_to(a, batch + a.shape[-2:]), np.broadcast_to(b, batch + b.shape[-2:])
-    out = np.empty(batch + (a.shape[-2], b.shape[-1]))
-    for i in np.ndindex(batch):
-        out[i] = _matmul2(a[i], b[i], model)
-    return out
-
-
-def dot(a, b, model: Model) -> np.ndarray:
-    """Same as matmul_model (1-D operands are treated as a row and a column)."""
-    a, b = to_float64(a), to_float64(b)
-    out = matmul_model(a.reshape(1, -1) if a.ndim == 1 else a,
-                       b.reshape(-1, 1) if b.ndim == 1 else b, model)
-    out = out[0] if a.ndim == 1 else out
-    return out[..., 0] if b.ndim == 1 else out
-
-
-def reduce_sum(x, axis: int, model: Model) -> np.ndarray:
-    """The sum of exact values x along one axis under the model, as acc-format float64."""
-    _check_model(model)
-    x = to_float64(x)
-    if not isinstance(model, Exact):  # exact_sum takes any float64 values
-        check_inputs(x)
-    xs = np.moveaxis(x, axis, 0)
-    return model.reduce(xs.shape[0], lambda k0, k1: xs[k0:k1], xs.shape[1:])
-
-
-class hardware:
-    """Block-FMA presets from the facts table (Khattak & Mikaitis 2025; DeepSeek-V3 §3.3).
-
-    Models from papers, not guarantees. fp16/bf16 and FP8 use the table's (n, F); TF32
-    uses the table's n with F = 24 (the table gives no F for TF32). The accumulator is
-    fp32, included in each block and rounded toward zero.
-    """
-
-    V100_FP16 = BlockFMA(4, 23)
-    A100_FP16, A100_TF32 = BlockFMA(8, 24), BlockFMA(4, 24)
-    ADA_FP16, ADA_TF32, ADA_FP8 = BlockFMA(8, 24), BlockFMA(4, 24), BlockFMA(16, 13)
-    H100_FP16, H100_TF32, H100_FP8 = BlockFMA(16, 25), BlockFMA(8, 24), BlockFMA(32, 13)
-    B200_FP16, B200_TF32, B200_FP8 = BlockFMA(16, 25), BlockFMA(8, 24), BlockFMA(32, 25)
-    H200_FP16, H200_TF32, H200_FP8 = H100_FP16, H100_TF32, H100_FP8  # same chip model
-    ADA_FP8_PROMOTED = Chunked(128, ADA_FP8, Sequential(float32, fma=False))
-    H100_FP8_PROMOTED = Chunked(128, H100_FP8, Sequential(float32, fma=False))
-    H200_FP8_PROMOTED = H100_FP8_PROMOTED
-    B200_FP8_PROMOTED = Chunked(128, B200_FP8, Sequential(float32, fma=False))
-    # bf16 uses the same block FMA as fp16 in these models (V100 has no bf16)
-    A100_BF16, ADA_BF16 = A100_FP16, ADA_FP16
-    H100_BF16, H200_BF16, B200_BF16 = H100_FP16, H200_FP16, B200_FP16
-
-
-HARDWARE: dict[str, Model] = {k: v for k, v in vars(hardware).items() if k.isupper()}
+    if K == 0:  # every model returns +0 for an empty sum
+        return np.zeros(shape), np.zeros(shape)
+    err, mag = model.bound(K, T, shape, s_abs)
+    err = np.where(mag > model.acc.max, np.inf, err)
+    return err, np.where(np.isinf(err), np.inf, mag)

@@ -11,17 +11,17 @@ from typing import Callable
 
 import numpy as np
 
-from . import nn
-from .amp import GradScaler
-from .autograd import no_grad
+from .. import nn
+from ..amp import GradScaler
+from ..autodiff.engine import no_grad
+from ..autodiff.policy import autocast
+from ..autodiff.tensor import Tensor
+from ..nn import functional as F
+from ..numerics.rounding import record_rounding
+from ..optim import SGD
 from .data import Dataset, load
-from .nn import functional as F
-from .optim import SGD
-from .policy import autocast
 from .recipes import Recipe, get_recipe
-from .rng import manual_seed
-from .rounding import record_rounding
-from .tensor import Tensor
+from .table import text_table
 
 __all__ = ["RunResult", "Trainer", "train", "param_hash", "results_table"]
 
@@ -88,10 +88,9 @@ class Trainer:
     def __init__(self, recipe: Recipe | str, features: int, classes: int, hidden: int = 500,
                  lr: float = 0.01, momentum: float = 0.0, seed: int = 0) -> None:
         self.recipe = recipe = get_recipe(recipe)
-        manual_seed(seed)
         self.model = nn.MLP((features, hidden, classes), dtype=recipe.param, rng=seed)
         self.opt = SGD(self.model.parameters(), lr=lr, momentum=momentum,
-                       master_dtype=recipe.master, update_rounding=recipe.update_rounding,
+                       master_dtype=recipe.master, update_mode=recipe.update_mode,
                        kahan=recipe.kahan, rng=seed)
         self.scaler = GradScaler(**recipe.scaler) if recipe.scaler is not None else None
 
@@ -146,12 +145,7 @@ def results_table(results: list[RunResult]) -> str:
     """The comparison table printed by `mpgrad compare`."""
     head = ("recipe", "final loss", "test loss", "accuracy", "skipped", "loss scale",
             "grad underflows", "lost updates", "time [s]")
-    rows = [head] + [(r.recipe, f"{r.final_loss():.4f}", f"{r.test_loss:.4f}",
+    return text_table(head, [(r.recipe, f"{r.final_loss():.4f}", f"{r.test_loss:.4f}",
                       f"{100 * r.accuracy:.1f}%", str(r.skipped_steps), f"{r.final_scale:g}",
                       str(r.underflows), str(r.lost_updates), f"{r.seconds:.1f}")
-                     for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                       enumerate(zip(row, widths))) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+                     for r in results], right=True)

@@ -123,9 +123,9 @@ def _settle(name: str, x: float, a: float, y: float) -> float:
     return y if v == 0 else _round_to_odd(v)  # zero is exact; keep IEEE's sign
 
 
-def correctly_rounded(name: str, x: np.ndarray, fmt: Format | str, *,
+def correctly_rounded(name: str, x: np.ndarray, dtype: Format | str, *,
                       exponent: float | None = None) -> np.ndarray:
-    """f(x) correctly rounded (nearest even) to fmt, as a float64 array of its values."""
+    """f(x) correctly rounded (nearest even) to dtype, as a float64 array of its values."""
     global _hard_cases
     if name not in FUNCTIONS:
         raise ValueError(f"unknown function {name!r}; valid names: {', '.join(FUNCTIONS)}")
@@ -134,7 +134,7 @@ def correctly_rounded(name: str, x: np.ndarray, fmt: Format | str, *,
     a = None if exponent is None else float(exponent)
     if a is not None and not math.isfinite(a):
         raise ValueError(f"the exponent must be finite, got {exponent!r}")
-    fmt = as_format(fmt)
+    fmt = as_format(dtype)
     x = to_float64(x)
     with np.errstate(all="ignore"):
         y = np.asarray(_FLOAT64[name](x, a), np.float64)

@@ -18,17 +18,20 @@ import ml_dtypes
 import numpy as np
 
 from . import rng as _rng
-from .formats import Format, as_format
+from .codes import nan_code, pow2, store, to_float64
+from .exact import round_odd, two_sum
+from .formats import Format, as_format, format_of_dtype
 
-__all__ = ["round_to", "MODES", "STOCHASTIC_BITS", "RoundingStats", "record_rounding",
-           "to_float64"]
+__all__ = ["round_to", "encode", "MODES", "STOCHASTIC_BITS", "RoundingStats",
+           "record_rounding", "to_float64"]
 
 MODES = ("nearest_even", "nearest_away", "toward_zero", "up", "down", "odd", "stochastic")
 
-# Stochastic rounding draws one uniform 32-bit integer k per element and rounds away from
-# zero iff k < floor(f * 2**32), f being the exact discarded fraction of an ulp, so that
-# P(away) = floor(f * 2**32) / 2**32: exactly f when f has at most 32 bits (any float32
-# source to a format of 16 bits or fewer), otherwise less than f by under 2**-32.
+# Stochastic rounding draws one uniform B-bit integer k per element (B = STOCHASTIC_BITS) and
+# rounds away from zero iff k < floor(f * 2**B), f being the exact discarded fraction of an
+# ulp, so that P(away) = floor(f * 2**B) / 2**B: exactly f when f has at most B bits (any
+# float32 source to a format of 16 bits or fewer), otherwise less than f by under 2**-B.
+# The words are the halves of raw 64-bit draws, so B is 32 (one 64-bit draw per two values).
 STOCHASTIC_BITS = 32
 
 _ABS64 = (1 << 63) - 1
@@ -67,6 +70,13 @@ def record_rounding() -> Iterator[RoundingStats]:
         stack.remove(stats)
 
 
+def _tally(targets: list[RoundingStats], total: int, **events: np.ndarray) -> None:
+    """Add one rounding call's counts (each event a boolean mask) into every target."""
+    rec = RoundingStats(total, **{k: int(np.count_nonzero(v)) for k, v in events.items()})
+    for target in targets:
+        target.add(rec)
+
+
 class _Split(NamedTuple):
     """An exact value as sign, exponent and n = floor(|x| / quantum), plus the remainder's place."""
 
@@ -76,13 +86,8 @@ class _Split(NamedTuple):
     inexact: np.ndarray  # remainder != 0
     above: np.ndarray    # remainder > half an ulp
     tie: np.ndarray      # remainder == half an ulp
-    frac32: np.ndarray | None  # floor(remainder * 2**32 / ulp), for stochastic rounding
+    frac: np.ndarray | None   # floor(remainder / ulp * 2**STOCHASTIC_BITS), stochastic
     special: np.ndarray  # float64: the input where it is inf or NaN (finite entries: anything)
-
-
-def _pow2(e: np.ndarray) -> np.ndarray:
-    """2.0**e for integer arrays -1022 <= e <= 1023, built from the bit pattern."""
-    return ((np.asarray(e, dtype=np.int64) + 1023) << 52).view(np.float64)
 
 
 def _split_float64(x: np.ndarray, fmt: Format, want_frac: bool) -> _Split:
@@ -96,12 +101,12 @@ def _split_float64(x: np.ndarray, fmt: Format, want_frac: bool) -> _Split:
     minus_q = fmt.fraction_bits - np.maximum(xexp, fmt.min_exponent)
     half = minus_q >> 1
     with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN: replaced later
-        r = a.view(np.float64) * _pow2(minus_q - half) * _pow2(half)
+        r = a.view(np.float64) * pow2(minus_q - half) * pow2(half)
         n = np.floor(r)
         t = r - n  # exact: r < 2**(m + 1) <= 2**53
-        frac32 = np.floor(t * 2.0 ** 32).astype(np.int64) if want_frac else None
+        frac = np.floor(np.ldexp(t, STOCHASTIC_BITS)).astype(np.int64) if want_frac else None
         n = n.astype(np.int64)
-    return _Split(i < 0, xexp, n, t != 0, t > 0.5, t == 0.5, frac32, x)
+    return _Split(i < 0, xexp, n, t != 0, t > 0.5, t == 0.5, frac, x)
 
 
 def _floor_pair(ah: np.ndarray, al: np.ndarray, q: np.ndarray, want_frac: bool):
@@ -121,22 +126,15 @@ def _floor_pair(ah: np.ndarray, al: np.ndarray, q: np.ndarray, want_frac: bool):
     above = (t > 0.5) | ((t == 0.5) & pos) | (borrow & (rl > -0.5))
     tie = ((t == 0.5) & (al == 0)) | (t0 & pos & (rl == 0.5)) | (borrow & (rl == -0.5))
     exact = (t0 & (al == 0)) | (borrow & (rl == -1.0))
-    frac32 = None
-    if want_frac:  # floor(remainder * 2**32): t * 2**32 is exact, rl matters where it is whole
-        big_t = np.ldexp(t, 32)
-        floor_rl = np.floor(np.ldexp(rl, 32))
+    frac = None
+    if want_frac:  # floor(remainder * 2**B): t * 2**B is exact, rl matters where it is whole
+        big_t = np.ldexp(t, STOCHASTIC_BITS)
+        floor_rl = np.floor(np.ldexp(rl, STOCHASTIC_BITS))
         floor_rl = np.where(negl, np.minimum(floor_rl, -1.0), floor_rl)
         whole = big_t == np.floor(big_t)
-        frac32 = (np.floor(big_t) + np.where(whole, floor_rl, 0.0)
-                  + np.where(borrow, 2.0 ** 32, 0.0)).astype(np.int64)
-    return n0 - borrow, ~exact, above, tie, frac32
-
-
-def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Knuth's TwoSum: s = fl(a + b) and err with s + err == a + b exactly (no overflow)."""
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
+        frac = (np.floor(big_t) + np.where(whole, floor_rl, 0.0)
+                + np.where(borrow, 2.0 ** STOCHASTIC_BITS, 0.0)).astype(np.int64)
+    return n0 - borrow, ~exact, above, tie, frac
 
 
 def _split_pair(hi: np.ndarray, lo: np.ndarray, fmt: Format, want_frac: bool) -> _Split:
@@ -148,7 +146,7 @@ def _split_pair(hi: np.ndarray, lo: np.ndarray, fmt: Format, want_frac: bool) ->
         k = (finite & ~np.isfinite(hi + lo)).astype(np.int64)
     hi = np.where(finite, np.ldexp(hi, -k), 0.0)
     lo = np.where(finite, np.ldexp(lo, -k), 0.0)
-    s, err = _two_sum(hi, lo)
+    s, err = two_sum(hi, lo)
     neg = np.signbit(np.where(finite, s, special))  # a zero follows IEEE's rule for hi + lo
     ah = np.abs(s)
     al = np.where(neg, -err, err)
@@ -156,8 +154,8 @@ def _split_pair(hi: np.ndarray, lo: np.ndarray, fmt: Format, want_frac: bool) ->
     # |x| lies just below a power of two when ah is one and al < 0
     xexp = np.where(ah == 0, -1100, ex - 1 - ((mant == 0.5) & (al < 0)) + k)
     q = np.maximum(xexp, fmt.min_exponent) - fmt.fraction_bits
-    n, inexact, above, tie, frac32 = _floor_pair(ah, al, q - k, want_frac)
-    return _Split(neg, xexp, n.astype(np.int64), inexact, above, tie, frac32, special)
+    n, inexact, above, tie, frac = _floor_pair(ah, al, q - k, want_frac)
+    return _Split(neg, xexp, n.astype(np.int64), inexact, above, tie, frac, special)
 
 
 def _increment(s: _Split, mode: str, k: np.ndarray | None) -> np.ndarray:
@@ -175,15 +173,7 @@ def _increment(s: _Split, mode: str, k: np.ndarray | None) -> np.ndarray:
         return s.inexact & s.neg
     if mode == "odd":
         return s.inexact & ~odd
-    return k < s.frac32
-
-
-def _nan_code(fmt: Format) -> int:
-    if fmt.nan == "ieee":
-        return ((2 ** fmt.exponent_bits - 1) << fmt.fraction_bits) | (1 << (fmt.fraction_bits - 1))
-    if fmt.nan == "fn":
-        return ((2 ** fmt.exponent_bits - 1) << fmt.fraction_bits) | (2 ** fmt.fraction_bits - 1)
-    return 0  # fnuz: the NaN is the pattern of negative zero, sign bit set below
+    return k < s.frac
 
 
 def _encode(hi: np.ndarray, lo: np.ndarray | None, fmt: Format, mode: str,
@@ -208,82 +198,32 @@ def _encode(hi: np.ndarray, lo: np.ndarray | None, fmt: Format, mode: str,
     nan_out = is_nan | big & (fmt.nan in ("fn", "fnuz"))
     code = np.where(overflow | is_inf, fmt.max_code, code)  # saturation, and no-NaN formats
     code = np.where(big & fmt.infinities, fmt.max_code + 1, code)
-    code = np.where(nan_out, _nan_code(fmt), code)
+    code = np.where(nan_out, nan_code(fmt), code)
     signed = s.neg
     if fmt.nan == "fnuz":  # no -0; the one NaN is the pattern of -0
         signed = nan_out | signed & (code != 0)
     if targets:
         zero_in = (s.n == 0) & ~s.inexact
-        rec = RoundingStats(*(int(np.count_nonzero(c)) for c in (
-            np.ones(code.shape, bool),
-            finite & (s.inexact | overflow | flush & ~zero_in),
-            overflow,
-            finite & ~zero_in & ~nan_out & (code < (1 << m)),
-            is_inf & (not fmt.infinities) | overflow & nan_out,
-            finite & ~zero_in & ~nan_out & (code == 0))))
-        for target in targets:
-            target.add(rec)
+        _tally(targets, code.size,
+               inexact=finite & (s.inexact | overflow | flush & ~zero_in),
+               overflow=overflow,
+               underflow=finite & ~zero_in & ~nan_out & (code < (1 << m)),
+               invalid=is_inf & (not fmt.infinities) | overflow & nan_out,
+               to_zero=finite & ~zero_in & ~nan_out & (code == 0))
     return code | (signed.astype(np.int64) << (fmt.bits - 1))
 
 
-def _decode(codes: np.ndarray, fmt: Format) -> np.ndarray:
-    """Exact float64 values of int64 bit patterns of fmt."""
-    e, m = fmt.exponent_bits, fmt.fraction_bits
-    sign = ((codes >> (fmt.bits - 1)) & 1).astype(bool)
-    ef = (codes >> m) & (2 ** e - 1)
-    mf = codes & (2 ** m - 1)
-    with np.errstate(over="ignore"):  # the top exponent field: replaced by inf/NaN below
-        val = np.ldexp((mf + (ef > 0) * (1 << m)).astype(np.float64),
-                         np.maximum(ef, 1) - fmt.bias - m)
-    top = ef == 2 ** e - 1
-    if fmt.nan == "ieee":
-        val = np.where(top, np.where(mf == 0, np.inf, np.nan), val)
-    elif fmt.nan == "fn":
-        val = np.where(top & (mf == 2 ** m - 1), np.nan, val)
-    elif fmt.nan == "fnuz":
-        val = np.where(sign & (ef == 0) & (mf == 0), np.nan, val)
-    return np.where(sign, -val, val)
-
-
-_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-
-
-def _store(codes: np.ndarray, fmt: Format) -> np.ndarray:
-    """The storage array holding the values whose bit patterns are codes."""
-    if fmt.native:
-        return codes.astype(_UINT[fmt.storage.itemsize]).view(fmt.storage)
-    return _decode(codes, fmt).astype(fmt.storage)
-
-
-def to_float64(x) -> np.ndarray:
-    """Exact float64 copy of an array of any floating storage dtype (or small integers)."""
-    a = np.asarray(x)
-    if a.dtype == np.float64:
-        return a
-    if a.dtype.kind in "iub":
-        out = a.astype(np.float64)
-        if not np.array_equal(out.astype(a.dtype), a) or a.dtype.kind != "b" and np.any(
-                np.abs(out) > 2.0 ** 53):
-            raise ValueError("integers beyond 2**53 are not exact in float64; "
-                             "pass them as a (hi, lo) double-double pair")
-        return out
-    if a.dtype.kind == "f" and a.dtype.itemsize <= 8 or a.dtype in _ML_FLOATS:
-        with np.errstate(invalid="ignore"):  # signalling NaNs stay NaN
-            return a.astype(np.float64)
-    raise TypeError(f"cannot take exact values from dtype {a.dtype}: use a float64/float32/"
-                    "float16 or ml_dtypes array, or a (hi, lo) float64 pair")
-
-
-_ML_FLOATS = {np.dtype(getattr(ml_dtypes, n)) for n in dir(ml_dtypes)
-              if n.startswith(("float", "bfloat"))}
+def encode(x, dtype: Format | str, stats: RoundingStats | None = None) -> np.ndarray:
+    """The int64 bit patterns (sign included) of exact values x rounded to nearest in dtype."""
+    return _encode(to_float64(x), None, as_format(dtype), "nearest_even", None, False, True,
+                   [] if stats is None else [stats])
 
 
 def _nearest_even_cast(dtype: np.dtype, fmt: Format):
     """(cast, chunk) with cast equal to round_to(., fmt) on non-NaN arrays of dtype, or None."""
     if not fmt.native:
         return None
-    from .formats import _BY_DTYPE
-    src = _BY_DTYPE.get(dtype)
+    src = format_of_dtype(dtype)
     if (dtype, fmt.storage) in _ASTYPE_CORRECTLY_ROUNDED or (
             src is not None and fmt.contains(src)):
         return (lambda a: a.astype(fmt.storage)), None  # allocates only its result
@@ -333,8 +273,11 @@ CHUNK = 1 << 15  # elements rounded at a time: keeps temporaries in cache and me
 
 
 def _random_words(gen: np.random.Generator, n: int) -> np.ndarray:
-    """n uniform 32-bit words: the little-endian halves of ceil(n/2) raw 64-bit draws."""
-    return gen.bit_generator.random_raw((n + 1) // 2).astype("<u8").view("<u4")[:n]
+    """n uniform STOCHASTIC_BITS-bit words: the little-endian halves of ceil(n/2) raw 64-bit
+    draws."""
+    words = 64 // STOCHASTIC_BITS
+    raw = gen.bit_generator.random_raw(-(-n // words)).astype("<u8")
+    return raw.view(f"<u{STOCHASTIC_BITS // 8}")[:n]
 
 
 def _cast_block(a: np.ndarray, cast, fmt: Format, targets: list[RoundingStats],
@@ -346,48 +289,39 @@ def _cast_block(a: np.ndarray, cast, fmt: Format, targets: list[RoundingStats],
         out = cast(a)
         nan = np.isnan(a)
     if nan.any():
-        out[nan] = _store(_encode(to_float64(a[nan]), None, fmt, "nearest_even", None, False,
+        out[nan] = store(_encode(to_float64(a[nan]), None, fmt, "nearest_even", None, False,
                                   True, []), fmt)
-    if targets:
+    if targets:  # a nearest-even cast to a format with inf or NaN: read off the values
         x, y = to_float64(a), to_float64(out)
         with np.errstate(invalid="ignore"):
-            finite, bad = np.isfinite(x), ~np.isfinite(y)
-            changed = (y != x) if inexact is None else (y != x) | inexact
-            rec = RoundingStats(
-                x.size, int(np.count_nonzero(finite & changed)),
-                int(np.count_nonzero(finite & bad)),
-                int(np.count_nonzero(finite & (x != 0) & (np.abs(y) < fmt.smallest_normal))),
-                int(np.count_nonzero(finite & np.isnan(y)
-                                     | (np.isinf(x) & (not fmt.infinities)))),
-                int(np.count_nonzero(finite & (x != 0) & (y == 0))))
-        for target in targets:
-            target.add(rec)
+            finite, tiny = np.isfinite(x), (x != 0) & (np.abs(y) < fmt.smallest_normal)
+            _tally(targets, x.size,
+                   inexact=finite & ((y != x) if inexact is None else (y != x) | inexact),
+                   overflow=finite & ~np.isfinite(y), underflow=finite & tiny,
+                   invalid=finite & np.isnan(y) | np.isinf(x) & (not fmt.infinities),
+                   to_zero=finite & (x != 0) & (y == 0))
     return out
 
 
 def _pair_round_odd(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(v, inexact): hi + lo rounded to odd in float64, and where it was inexact; None if
     some value is non-finite or tiny (below 2**-1000, where the rule is not needed)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        s, e = _two_sum(hi, lo)
+    s, e = two_sum(hi, lo)
     a = np.abs(s)
     if not (np.all(np.isfinite(s)) and np.all((a >= 2.0 ** -1000) | (a == 0))):
         return None
-    inexact = e != 0
-    nudge = inexact & ((s.view(np.int64) & 1) == 0)  # even and inexact: step toward e
-    with np.errstate(over="ignore"):  # (only where not selected: DBL_MAX is odd)
-        return np.where(nudge, np.nextafter(s, np.where(e > 0, np.inf, -np.inf)), s), inexact
+    return round_odd(s, e), e != 0
 
 
-def round_to(x, fmt: Format | str, mode: str = "nearest_even", *, rng=None,
+def round_to(x, dtype: Format | str, mode: str = "nearest_even", *, rng=None,
              saturate: bool = False, subnormals: bool = True,
              stats: RoundingStats | None = None) -> np.ndarray:
-    """Round exact values (an array, or a (hi, lo) pair meaning hi + lo) to fmt, once.
+    """Round exact values (an array, or a (hi, lo) pair meaning hi + lo) to dtype, once.
 
     A pair whose exact value is zero gives the zero that IEEE's hi + lo gives (x + -x = +0).
-    Returns an array of fmt's storage dtype. See docs/formats-and-rounding.md.
+    Returns an array of dtype's storage dtype. See docs/formats-and-rounding.md.
     """
-    fmt = as_format(fmt)
+    fmt = as_format(dtype)
     if mode not in MODES:
         raise ValueError(f"unknown rounding mode {mode!r}; valid modes: {', '.join(MODES)}")
     targets = ([stats] if stats is not None else []) + getattr(_recording, "stack", [])
@@ -404,7 +338,6 @@ def round_to(x, fmt: Format | str, mode: str = "nearest_even", *, rng=None,
         odd = _pair_round_odd(hi, lo) if fast is not None else None
         if odd is not None:
             # round to odd at 53 bits, then to nearest at p <= 51 bits: one rounding
-            # (Boldo & Melquiond 2008, Thm. 1)
             return _cast_block(odd[0], fast[0], fmt, targets, odd[1])
         lo = lo.ravel()
     else:
@@ -429,5 +362,5 @@ def round_to(x, fmt: Format | str, mode: str = "nearest_even", *, rng=None,
         k = None if gen is None else _random_words(gen, b - a)
         codes = _encode(to_float64(hi[a:b]), None if lo is None else lo[a:b], fmt, mode, k,
                         saturate, subnormals, targets)
-        out[a:b] = _store(codes, fmt)
+        out[a:b] = store(codes, fmt)
     return out.reshape(shape)

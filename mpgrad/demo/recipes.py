@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .formats import Format, as_format
+from ..numerics.formats import Format, as_format
 
 __all__ = ["Recipe", "RECIPES", "DEFAULT_RECIPES", "get_recipe"]
 
@@ -19,7 +19,7 @@ class Recipe:
       float16 throughout, loss included) or a format for mpgrad.autocast (matmuls in it,
       softmax/loss in float32, as torch.autocast).
     master: None, or the format of the optimizer's master copy of the weights.
-    update_rounding: how the new parameter value is rounded ("nearest_even"/"stochastic").
+    update_mode: how the new parameter value is rounded ("nearest_even"/"stochastic").
     kahan: Kahan-compensated parameter updates (a compensation buffer in param format).
     scaler: None (no loss scaling), or GradScaler keyword arguments (dynamic scaling).
     """
@@ -29,7 +29,7 @@ class Recipe:
     param: Format | str = "float32"
     autocast: Format | str | None = None
     master: Format | str | None = None
-    update_rounding: str = "nearest_even"
+    update_mode: str = "nearest_even"
     kahan: bool = False
     scaler: dict | None = field(default=None, hash=False)
 
@@ -52,7 +52,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("pure_bfloat16", "weights, activations, gradients and update in bfloat16, "
            "updates rounded to nearest", param="bfloat16"),
     Recipe("bfloat16_stochastic", "pure bfloat16 with stochastically rounded updates",
-           param="bfloat16", update_rounding="stochastic"),
+           param="bfloat16", update_mode="stochastic"),
     Recipe("bfloat16_kahan", "pure bfloat16 with Kahan-compensated updates",
            param="bfloat16", kahan=True),
 ]}

@@ -1,4 +1,8 @@
-"""Tensor: an array stored in a Format, with a tape for reverse-mode autograd."""
+"""Tensor: an array stored in a Format, with its gradient and the node that made it.
+
+This module holds the data only; the engine (autodiff.engine) records nodes and runs
+backward, and mpgrad.ops binds the operators and methods (t + u, t.exp(), t.backward()).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,9 @@ from typing import Callable
 
 import numpy as np
 
-from . import autograd
-from . import rng as _rng
-from .formats import Format, as_format, float32
-from .rounding import round_to, to_float64
+from ..numerics import rng as _rng
+from ..numerics.formats import Format, as_format, float32, format_of_dtype
+from ..numerics.rounding import round_to, to_float64
 
 __all__ = ["Tensor", "tensor", "zeros", "ones", "full", "arange", "randn", "rand",
            "DEFAULT_DTYPE"]
@@ -34,7 +37,7 @@ class Tensor:
         self.requires_grad_(requires_grad)
 
     @classmethod
-    def _wrap(cls, stored: np.ndarray, fmt: Format, node: autograd.Node | None = None,
+    def _wrap(cls, stored: np.ndarray, fmt: Format, node=None,
               requires_grad: bool = False) -> Tensor:
         """A tensor around a storage array already holding fmt values (no rounding)."""
         t = cls.__new__(cls)
@@ -119,68 +122,12 @@ class Tensor:
         self._hooks.append(fn)
         return lambda: self._hooks.remove(fn)
 
-    def backward(self, grad: Tensor | None = None, retain_graph: bool = False) -> None:
-        """Accumulate d(self)/d(leaf) into every leaf's .grad (grad defaults to 1 for a scalar)."""
-        if not self.requires_grad:
-            raise RuntimeError("backward() on a tensor that does not require grad: no input "
-                               "of the computation had requires_grad=True")
-        if grad is None:
-            if self.size != 1:
-                raise RuntimeError(f"backward() without a gradient needs a scalar output, this "
-                                   f"one has shape {self.shape}; pass grad=, e.g. "
-                                   f"mpgrad.ones({self.shape}, dtype=...)")
-            grad = Tensor._wrap(round_to(np.ones(self.shape), self.dtype), self.dtype)
-        grad = grad if isinstance(grad, Tensor) else Tensor(grad, dtype=self.dtype)
-        if grad.shape != self.shape:
-            raise ValueError(f"grad has shape {grad.shape}, the tensor has shape {self.shape}")
-        autograd.backward(self, ops.cast(grad, self.dtype), retain_graph,
-                          accumulate=ops.add, to_input=ops.core.gradient_for)
-
-    # --- conversions and operators (the ops live in mpgrad.ops) -----------------------
-    def to(self, dtype: Format | str, mode: str = "nearest_even", *, rng=None) -> Tensor:
-        """This tensor rounded to another format (differentiable; see mpgrad.cast)."""
-        return ops.cast(self, dtype, mode, rng=rng)
-
-    def __add__(self, other): return ops.add(self, other)
-    def __radd__(self, other): return ops.add(other, self)
-    def __sub__(self, other): return ops.sub(self, other)
-    def __rsub__(self, other): return ops.sub(other, self)
-    def __mul__(self, other): return ops.mul(self, other)
-    def __rmul__(self, other): return ops.mul(other, self)
-    def __truediv__(self, other): return ops.div(self, other)
-    def __rtruediv__(self, other): return ops.div(other, self)
-    def __pow__(self, exponent): return ops.pow(self, exponent)
-    def __matmul__(self, other): return ops.matmul(self, other)
-    def __rmatmul__(self, other): return ops.matmul(other, self)
-    def __neg__(self): return ops.neg(self)
-    def __abs__(self): return ops.abs(self)
-    def __getitem__(self, index): return ops.getitem(self, index)
-    def __lt__(self, other): return ops.lt(self, other)
-    def __le__(self, other): return ops.le(self, other)
-    def __gt__(self, other): return ops.gt(self, other)
-    def __ge__(self, other): return ops.ge(self, other)
-    def __eq__(self, other): return ops.eq(self, other)
-    def __ne__(self, other): return ops.ne(self, other)
-
-    @property
-    def T(self) -> Tensor:
-        """The transpose (axes reversed)."""
-        return ops.transpose(self)
-
-    def __getattr__(self, name: str):
-        """t.exp(), t.sum(axis), t.reshape(...): every mpgrad op taking a tensor first."""
-        fn = getattr(ops, name, None) if name in ops.METHODS else None
-        if fn is None:
-            raise AttributeError(f"'Tensor' object has no attribute {name!r}")
-        return lambda *args, **kwargs: fn(self, *args, **kwargs)
-
 
 def _format_of(data, array: np.ndarray) -> Format:
     """A NumPy array's or scalar's own format; Python numbers and lists get the default."""
-    from .formats import _BY_DTYPE
     if not isinstance(data, (np.ndarray, np.generic)):
         return DEFAULT_DTYPE
-    return _BY_DTYPE.get(array.dtype, DEFAULT_DTYPE)
+    return format_of_dtype(array.dtype) or DEFAULT_DTYPE
 
 
 def tensor(data, dtype: Format | str | None = None, requires_grad: bool = False,
@@ -230,5 +177,3 @@ def rand(*shape, dtype: Format | str = DEFAULT_DTYPE, requires_grad: bool = Fals
     return Tensor(_rng.generator(rng).random(_shape(shape)), dtype, requires_grad,
                   mode="toward_zero")
 
-
-from . import ops  # noqa: E402  (ops needs Tensor defined)

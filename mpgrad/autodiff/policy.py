@@ -7,18 +7,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .formats import Format, as_format, float32, float64
+from ..numerics.formats import Format, as_format, float32, promote
+from .tensor import Tensor
 
-__all__ = ["Policy", "promote", "autocast", "use_policy", "current_policy", "AUTOCAST_LOWER",
-           "AUTOCAST_FLOAT32", "compute_format", "accumulate_model"]
-
-
-def promote(*formats: Format) -> Format:
-    """The narrowest of the inputs that holds all their values, else float32, else float64."""
-    for candidate in (*formats, float32, float64):
-        if all(candidate.contains(f) for f in formats):
-            return candidate
-    raise ValueError(f"no built-in format holds every value of {', '.join(f.name for f in formats)}")
+__all__ = ["Policy", "promote", "autocast", "use_policy", "current_policy", "restored",
+           "AUTOCAST_LOWER", "AUTOCAST_FLOAT32", "compute_format", "accumulate_model"]
 
 
 _KEYS = {"p": "param", "param": "param", "params": "param", "c": "compute",
@@ -41,37 +34,49 @@ class Policy:
 
     @classmethod
     def parse(cls, spec: str, *, strict: bool = False) -> Policy:
-        """A Policy from 'p=f32,c=f16,o=f32' (or 'params=float32,compute=bf16,...')."""
+        """A Policy from a string, as jmp.get_policy: 'p=f32,c=f16,o=f32' (or 'params=...,
+        compute=...,output=...'), where params default to float32, compute follows params
+        and output follows compute ('c=f16' is p=f32,c=f16,o=f16); or one format name for
+        all three ('bf16')."""
+        if "=" not in spec:
+            if not spec.strip():
+                raise ValueError("an empty policy: give 'p=..,c=..,o=..' or a format name")
+            fmt = as_format(spec)
+            return cls(fmt, fmt, fmt, strict=strict)
         values = {}
-        for part in filter(None, (p.strip() for p in spec.split(","))):
+        for part in (p.strip() for p in spec.split(",")):
             key, sep, value = part.partition("=")
             if not sep or key.strip().lower() not in _KEYS:
                 raise ValueError(f"bad policy item {part!r} in {spec!r}: expected p=, c= or o= "
                                  "followed by a format name, e.g. 'p=f32,c=f16,o=f32'")
             values[_KEYS[key.strip().lower()]] = as_format(value.strip())
-        return cls(**values, strict=strict)
+        param = values.get("param", float32)
+        compute = values.get("compute", param)
+        return cls(param, compute, values.get("output", compute), strict=strict)
 
     def __str__(self) -> str:
         return f"p={self.param.name},c={self.compute.name},o={self.output.name}"
 
-    def cast_to_param(self, x):
-        """x rounded to the parameter format."""
-        from .ops import cast
-        return cast(x, self.param)
+    def cast_to_param(self, x) -> Tensor:
+        """x rounded to the parameter format (differentiable for a Tensor)."""
+        return _cast(x, self.param)
 
-    def cast_to_compute(self, x):
+    def cast_to_compute(self, x) -> Tensor:
         """x rounded to the compute format."""
-        from .ops import cast
-        return cast(x, self.compute)
+        return _cast(x, self.compute)
 
-    def cast_to_output(self, x):
+    def cast_to_output(self, x) -> Tensor:
         """x rounded to the output format."""
-        from .ops import cast
-        return cast(x, self.output)
+        return _cast(x, self.output)
+
+
+def _cast(x, fmt: Format) -> Tensor:
+    """A Tensor through its (recorded) to(); other data as a new tensor rounded once."""
+    return x.to(fmt) if isinstance(x, Tensor) else Tensor(x, fmt)
 
 
 # torch.autocast's CUDA lists (aten/src/ATen/autocast_mode.cpp), as data: see docs/autograd.md.
-AUTOCAST_LOWER = frozenset({"matmul", "linear", "bmm", "mm"})
+AUTOCAST_LOWER = frozenset({"matmul", "linear"})
 AUTOCAST_FLOAT32 = frozenset({
     "exp", "log", "pow", "softplus", "softmax", "log_softmax", "layer_norm", "sum", "mean",
     "mse_loss", "cross_entropy", "nll_loss"})
@@ -94,7 +99,8 @@ def current_policy() -> Policy | _Autocast | None:
 
 
 @contextmanager
-def _pushed(item) -> Iterator:
+def restored(item: Policy | _Autocast | None) -> Iterator:
+    """Run the block under item, a value current_policy() returned (None: no policy)."""
     stack = _state.__dict__.setdefault("stack", [])
     stack.append(item)
     try:
@@ -105,7 +111,7 @@ def _pushed(item) -> Iterator:
 
 def use_policy(policy: Policy | str) -> contextmanager:
     """Run every operation in the block in policy.compute (a Policy or 'p=..,c=..,o=..')."""
-    return _pushed(Policy.parse(policy) if isinstance(policy, str) else policy)
+    return restored(Policy.parse(policy) if isinstance(policy, str) else policy)
 
 
 def autocast(dtype: Format | str = "float16", *, enabled: bool = True,
@@ -114,7 +120,7 @@ def autocast(dtype: Format | str = "float16", *, enabled: bool = True,
     item = None if not enabled else _Autocast(
         as_format(dtype), frozenset(AUTOCAST_LOWER if lower is None else lower),
         frozenset(AUTOCAST_FLOAT32 if float32_ops is None else float32_ops))
-    return _pushed(item)
+    return restored(item)
 
 
 def accumulate_model(given=None):

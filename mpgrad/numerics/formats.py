@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from fractions import Fraction
+from functools import cached_property
 
 import ml_dtypes
 import numpy as np
 
 __all__ = [
-    "Format", "as_format", "FORMATS",
+    "Format", "as_format", "format_of_dtype", "promote", "FORMATS",
     "float64", "float32", "tf32", "float16", "bfloat16",
     "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
     "float6_e2m3fn", "float6_e3m2fn", "float4_e2m1fn",
@@ -24,9 +24,14 @@ __all__ = [
 NAN_ENCODINGS = ("ieee", "fn", "fnuz", "none")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Format:
-    """A binary floating-point format: sign, exponent field, fraction field."""
+    """A binary floating-point format: sign, exponent field, fraction field.
+
+    Two formats are equal when their layouts are: the same values with the same encodings.
+    The name is a label and the storage dtype a container, so Format.custom(8, 23) equals
+    float32; the engine and cast re-store a tensor whose storage dtype differs (exactly).
+    """
 
     name: str
     exponent_bits: int
@@ -34,7 +39,7 @@ class Format:
     bias: int
     nan: str = "ieee"
     subnormals: bool = True
-    storage: np.dtype = field(default=np.dtype(np.float64), compare=False)
+    storage: np.dtype = field(default=np.dtype(np.float64))
 
     def __post_init__(self) -> None:
         if self.nan not in NAN_ENCODINGS:
@@ -137,6 +142,12 @@ class Format:
         """(exponent_bits, fraction_bits, bias, nan, subnormals): what makes two formats equal."""
         return (self.exponent_bits, self.fraction_bits, self.bias, self.nan, self.subnormals)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Format) and self.layout == other.layout
+
+    def __hash__(self) -> int:
+        return hash(self.layout)
+
     def contains(self, other: Format) -> bool:
         """Whether every value of other (infinities and -0 included) is a value of self."""
         return (self.precision >= other.precision and self.max >= other.max
@@ -147,10 +158,14 @@ class Format:
     @classmethod
     def custom(cls, exponent_bits: int, fraction_bits: int, *, bias: int | None = None,
                nan: str = "ieee", subnormals: bool = True, name: str | None = None) -> Format:
-        """An IEEE-style format e<E>m<M>, stored in float32 when it fits there, else float64."""
+        """An IEEE-style format e<E>m<M>: a built-in format when one has this layout (renamed
+        if a name is given), else stored in float32 when it fits there, else float64."""
         bias = 2 ** (exponent_bits - 1) - 1 if bias is None else bias
-        name = name or f"e{exponent_bits}m{fraction_bits}"
-        fmt = cls(name, exponent_bits, fraction_bits, bias, nan, subnormals, np.float64)
+        fmt = cls(name or f"e{exponent_bits}m{fraction_bits}", exponent_bits, fraction_bits,
+                  bias, nan, subnormals, np.float64)
+        builtin = next((f for f in FORMATS.values() if f == fmt), None)
+        if builtin is not None:
+            return builtin if name is None else replace(builtin, name=name)
         fits32 = (fmt.precision <= 24 and fmt.max_exponent <= 127
                   and fmt.min_exponent - fmt.fraction_bits >= -149)
         return replace(fmt, storage=np.float32) if fits32 else fmt
@@ -201,6 +216,19 @@ ALIASES: dict[str, str] = {
 }
 
 _BY_DTYPE = {f.storage: f for f in FORMATS.values() if f.name != "tf32"}
+
+
+def format_of_dtype(dtype) -> Format | None:
+    """The built-in format a NumPy/ml_dtypes storage dtype holds, or None."""
+    return _BY_DTYPE.get(np.dtype(dtype))
+
+
+def promote(*formats: Format) -> Format:
+    """The narrowest of the inputs that holds all their values, else float32, else float64."""
+    for candidate in (*formats, float32, float64):
+        if all(candidate.contains(f) for f in formats):
+            return candidate
+    raise ValueError(f"no built-in format holds every value of {', '.join(f.name for f in formats)}")
 
 
 def as_format(x: Format | str | np.dtype | type) -> Format:

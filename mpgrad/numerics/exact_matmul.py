@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .exact import bit_span, exact_sum, two_prod
-from .rounding import _pow2
+from .codes import pow2
+from .exact import bit_span, clean_pair, exact_sum, two_prod
 
 __all__ = ["exact_matmul", "slice_bits"]
 
@@ -47,9 +47,9 @@ def _slices(x: np.ndarray, e: np.ndarray, beta: int) -> list:
     out, rest, s = [], x, 0
     while np.any(rest != 0):
         shift = beta * (s + 1) - e  # within +-(300 + 53 * 26): the powers of two are normal
-        ints = np.trunc(rest * _pow2(shift))  # exact: a power-of-two scaling, then trunc
+        ints = np.trunc(rest * pow2(shift))  # exact: a power-of-two scaling, then trunc
         out.append(ints)
-        rest = rest - ints * _pow2(-shift)    # exact: removes the leading bits of rest
+        rest = rest - ints * pow2(-shift)    # exact: removes the leading bits of rest
         s += 1
     return out
 
@@ -78,8 +78,8 @@ def _elementwise(a: np.ndarray, b: np.ndarray, shape: tuple) -> tuple[np.ndarray
     """The exact pair from Dekker products, K_BLOCK at a time (handles inf, NaN, any range)."""
     parts = []
     for k in range(0, a.shape[-1], K_BLOCK):
-        hi, lo = two_prod(a[..., :, k:k + K_BLOCK, None], b[..., None, k:k + K_BLOCK, :])
-        lo = np.where(np.isfinite(hi), lo, 0.0)
+        hi, lo = clean_pair(*two_prod(a[..., :, k:k + K_BLOCK, None],
+                                      b[..., None, k:k + K_BLOCK, :]))
         parts.extend(exact_sum(np.concatenate([hi, lo], axis=-2), axis=-2))
     if not parts:  # K == 0: the empty sum
         return np.zeros(shape), np.zeros(shape)

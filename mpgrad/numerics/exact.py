@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rounding import _two_sum, to_float64
+from .codes import to_float64
 
-__all__ = ["two_sum", "two_prod", "exact_div", "exact_sqrt", "exact_sum", "bit_span"]
+__all__ = ["two_sum", "two_prod", "exact_div", "exact_sqrt", "exact_sum", "bit_span",
+           "clean_pair", "round_odd", "normalize_axes"]
 
 DBL_MAX = np.finfo(np.float64).max
 _TINY = 2.0 ** -1074            # the smallest subnormal, float64's unit at the bottom
@@ -44,14 +45,41 @@ def _f64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def clean_pair(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An exact pair whose rounding keeps IEEE's result hi where hi needs no rounding.
+
+    Where hi is inf or NaN, lo is dropped; a zero lo takes hi's sign, so that a zero result
+    keeps the sign IEEE gives it (-0 * 1 = -0, -0 + -0 = -0), hi + lo being rounded as a sum.
+    """
+    with np.errstate(invalid="ignore"):
+        lo = np.where(np.isfinite(hi), lo, 0.0)
+    return hi, np.where(lo == 0, np.copysign(0.0, hi), lo)
+
+
+def round_odd(s: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """s + rest rounded to odd in float64, for s = fl(s + rest) and rest the remainder (or
+    its sign): s moved one step toward rest where rest != 0 and s is even and finite.
+
+    Rounding to odd at 53 bits and then to nearest at p <= 51 bits rounds once (Boldo &
+    Melquiond 2008, "Emulation of FMA and correctly rounded sums: proved algorithms using
+    rounding to odd", Thm. 1).
+    """
+    nudge = (rest != 0) & ((s.view(np.int64) & 1) == 0) & np.isfinite(s)
+    with np.errstate(over="ignore"):  # (only where not selected: DBL_MAX is odd)
+        return np.where(nudge, np.nextafter(s, np.where(rest > 0, np.inf, -np.inf)), s)
+
+
 def two_sum(a, b) -> tuple[np.ndarray, np.ndarray]:
     """Knuth's TwoSum: s = fl(a + b) and e with s + e == a + b exactly.
 
     Exact for all finite a, b whose operations do not overflow (always when |a|, |b| <=
     2**1022); underflow is harmless since float64 addition of subnormals is exact.
     """
-    with np.errstate(invalid="ignore"):  # inf/NaN: the low part is meaningless
-        return _two_sum(_f64(a), _f64(b))
+    a, b = _f64(a), _f64(b)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN: the low part is meaningless
+        s = a + b
+        bb = s - a
+        return s, (a - (s - bb)) + (b - bb)
 
 
 def _split(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -187,16 +215,23 @@ def _terms(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(field == 0x7FF, 0, m), np.maximum(field, 1)
 
 
-def _axes(ndim: int, axis) -> tuple[int, ...]:
+def normalize_axes(ndim: int, axis) -> tuple[int, ...]:
+    """axis (None, an int or a sequence) as non-negative axes in the order given, by NumPy's
+    rules: out of range is an AxisError, a repeated axis a ValueError. A 0-d array takes
+    axis 0 or -1 as no axis, as torch does."""
     if axis is None:
         return tuple(range(ndim))
     axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    if ndim == 0 and all(int(ax) in (0, -1) for ax in axes):
+        return ()
     for ax in axes:
+        if isinstance(ax, bool) or not isinstance(ax, (int, np.integer)):
+            raise TypeError(f"an axis must be an integer, got {type(ax).__name__}")
         if not -ndim <= ax < ndim:
-            raise np.exceptions.AxisError(ax, ndim)
-    axes = tuple(ax % ndim for ax in axes)
+            raise np.exceptions.AxisError(int(ax), ndim)
+    axes = tuple(int(ax) % ndim for ax in axes)
     if len(set(axes)) != len(axes):
-        raise ValueError("repeated axis")
+        raise ValueError(f"repeated axis in {axis}")
     return axes
 
 
@@ -233,7 +268,7 @@ def _signed_zeros(xs: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> tuple:
     """The pair with IEEE's zero sign for sums of the rows of xs: hi is -0 only when every
     term is -0 (and there is one), and a zero lo takes hi's sign."""
     hi = np.where(np.all((xs == 0) & np.signbit(xs), axis=1) & (xs.shape[1] > 0), -0.0, hi)
-    return hi, np.where(lo == 0, np.copysign(0.0, hi), lo)
+    return clean_pair(hi, lo)
 
 
 def exact_sum(x, axis=None, keepdims: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -257,7 +292,7 @@ def exact_sum(x, axis=None, keepdims: bool = False) -> tuple[np.ndarray, np.ndar
     log2(terms)) / 32: 3 to 5 for float32/float16/bfloat16 data, ~70 at most.
     """
     x = to_float64(x)
-    axes = _axes(x.ndim, axis)
+    axes = normalize_axes(x.ndim, axis)
     kept = [d for i, d in enumerate(x.shape) if i not in axes]
     out_shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keepdims \
         else tuple(kept)

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .codes import UINT, decode, nan_code, store, to_float64
 from .formats import Format, as_format
-from .rounding import (RoundingStats, _UINT, _decode, _encode, _nan_code, _store, round_to,
-                       to_float64)
+from .rounding import RoundingStats, encode, round_to
 
 __all__ = ["to_bits", "from_bits", "ulp", "next_up", "next_down", "ulp_distance",
            "describe", "Description"]
@@ -18,38 +18,38 @@ def _codes(x, fmt: Format) -> np.ndarray:
     """int64 bit patterns of values of fmt; a value the format lacks is an error."""
     a = np.asarray(x)
     if a.dtype == fmt.storage and fmt.native:
-        return a.view(_UINT[a.dtype.itemsize]).astype(np.int64)
+        return a.view(UINT[a.dtype.itemsize]).astype(np.int64)
     stats = RoundingStats()
-    codes = _encode(to_float64(a), None, fmt, "nearest_even", None, False, True, [stats])
+    codes = encode(a, fmt, stats)
     if stats.inexact or stats.invalid:
         raise ValueError(f"not every value is a {fmt.name} value; round it first with "
                          f"round_to(x, {fmt.name!r})")
     return codes
 
 
-def to_bits(x, fmt: Format | str) -> np.ndarray:
-    """The bit patterns of fmt values, as unsigned integers of the format's width."""
-    fmt = as_format(fmt)
+def to_bits(x, dtype: Format | str) -> np.ndarray:
+    """The bit patterns of dtype values, as unsigned integers of the format's width."""
+    fmt = as_format(dtype)
     width = next(w for w in (1, 2, 4, 8) if fmt.bits <= 8 * w)
-    return _codes(x, fmt).astype(_UINT[width])
+    return _codes(x, fmt).astype(UINT[width])
 
 
-def from_bits(bits, fmt: Format | str) -> np.ndarray:
-    """The fmt storage array whose values have the given bit patterns."""
-    fmt = as_format(fmt)
+def from_bits(bits, dtype: Format | str) -> np.ndarray:
+    """The dtype storage array whose values have the given bit patterns."""
+    fmt = as_format(dtype)
     b = np.asarray(bits)
     if b.dtype.kind not in "iu":
         raise TypeError(f"bit patterns must be integers, got dtype {b.dtype}")
     codes = b.astype(np.int64) if fmt.bits < 64 else b.astype(np.uint64).view(np.int64)
     if fmt.bits < 64 and (np.any(codes < 0) or np.any(codes >= 1 << fmt.bits)):
         raise ValueError(f"{fmt.name} bit patterns lie in [0, 2**{fmt.bits})")
-    return _store(codes, fmt)
+    return store(codes, fmt)
 
 
 def _keys(x, fmt: Format) -> np.ndarray:
     """A monotone integer key: consecutive values of fmt get consecutive keys, +-0 get 0."""
     codes = _codes(x, fmt)
-    if np.isnan(_decode(codes, fmt)).any():
+    if np.isnan(decode(codes, fmt)).any():
         raise ValueError("NaN has no place among the values of a format")
     mag = np.maximum((codes & ((1 << (fmt.bits - 1)) - 1)) - _skipped(fmt), 0)
     return np.where((codes >> (fmt.bits - 1)) & 1, -mag, mag)
@@ -68,32 +68,32 @@ def _from_keys(keys: np.ndarray, negative_zero: np.ndarray, fmt: Format) -> np.n
     neg = (keys < 0) | ((keys == 0) & negative_zero & fmt.signed_zero)
     codes = mag | (neg.astype(np.int64) << (fmt.bits - 1))
     if fmt.has_nan and not fmt.infinities:
-        codes = np.where(np.abs(keys) > top, _nan_code(fmt) | (fmt.nan == "fnuz") << (fmt.bits - 1),
+        codes = np.where(np.abs(keys) > top, nan_code(fmt) | (fmt.nan == "fnuz") << (fmt.bits - 1),
                          codes)
-    return _store(codes, fmt)
+    return store(codes, fmt)
 
 
-def next_up(x, fmt: Format | str) -> np.ndarray:
-    """The least value of fmt above x (IEEE nextUp); past max: inf, else NaN, else max."""
-    fmt = as_format(fmt)
+def next_up(x, dtype: Format | str) -> np.ndarray:
+    """The least value of dtype above x (IEEE nextUp); past max: inf, else NaN, else max."""
+    fmt = as_format(dtype)
     return _from_keys(_keys(x, fmt) + 1, np.ones(np.shape(x), bool), fmt)
 
 
-def next_down(x, fmt: Format | str) -> np.ndarray:
-    """The greatest value of fmt below x (IEEE nextDown)."""
-    fmt = as_format(fmt)
+def next_down(x, dtype: Format | str) -> np.ndarray:
+    """The greatest value of dtype below x (IEEE nextDown)."""
+    fmt = as_format(dtype)
     return _from_keys(_keys(x, fmt) - 1, np.zeros(np.shape(x), bool), fmt)
 
 
-def ulp_distance(a, b, fmt: Format | str) -> np.ndarray:
-    """How many steps of fmt lead from a to b (b - a in ulps; +0 and -0 are 0 apart)."""
-    fmt = as_format(fmt)
+def ulp_distance(a, b, dtype: Format | str) -> np.ndarray:
+    """How many steps of dtype lead from a to b (b - a in ulps; +0 and -0 are 0 apart)."""
+    fmt = as_format(dtype)
     return _keys(b, fmt) - _keys(a, fmt)
 
 
-def ulp(x, fmt: Format | str) -> np.ndarray:
-    """The gap 2**(max(e, emin) - fraction_bits) between values of fmt in the binade of x."""
-    fmt = as_format(fmt)
+def ulp(x, dtype: Format | str) -> np.ndarray:
+    """The gap 2**(max(e, emin) - fraction_bits) between values of dtype in the binade of x."""
+    fmt = as_format(dtype)
     v = np.abs(to_float64(x))
     e = np.frexp(v)[1] - 1
     gap = np.where(v < fmt.smallest_normal, fmt.smallest_subnormal,
@@ -133,9 +133,9 @@ class Description:
         return "\n".join(lines)
 
 
-def describe(value: float, fmt: Format | str, mode: str = "nearest_even") -> Description:
-    """Round one value to fmt and describe the result: sign, exponent, fraction, class."""
-    fmt = as_format(fmt)
+def describe(value: float, dtype: Format | str, mode: str = "nearest_even") -> Description:
+    """Round one value to dtype and describe the result: sign, exponent, fraction, class."""
+    fmt = as_format(dtype)
     stored = round_to(np.float64(value), fmt, mode)
     code = int(_codes(stored, fmt))
     e, m = fmt.exponent_bits, fmt.fraction_bits

@@ -1,0 +1,1 @@
+"""The training demo: recipes as data, offline datasets, the training loop and the CLI."""

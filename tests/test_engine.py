@@ -1,0 +1,149 @@
+"""The engine's contract: a node carries what decides its backward; one conversion per operand;
+composites pick their compute format once; policies parse as jmp's; formats compare by layout."""
+
+import numpy as np
+import pytest
+
+import mpgrad
+from mpgrad.nn import functional as F
+
+
+def _erf_grad(forward_ctx, backward_ctx):
+    x = mpgrad.tensor([1.5, -0.25, 0.75], dtype="float16", requires_grad=True)
+    with forward_ctx():
+        y = mpgrad.erf(x * 3).sum()
+    with backward_ctx():
+        y.backward()
+    return x.grad
+
+
+NONE = __import__("contextlib").nullcontext
+
+
+@pytest.mark.parametrize("forward", [NONE, lambda: mpgrad.autocast("float16"),
+                                     lambda: mpgrad.use_policy("c=f16")],
+                         ids=["plain", "autocast", "policy"])
+@pytest.mark.parametrize("backward", [lambda: mpgrad.autocast("float16"),
+                                      lambda: mpgrad.use_policy("p=f32,c=f32,o=f32"),
+                                      lambda: mpgrad.use_policy("c=bf16")],
+                         ids=["autocast", "policy32", "policy_bf16"])
+def test_backward_does_not_depend_on_where_it_is_called(forward, backward):
+    """The VJPs run under the policy the forward ran under, wherever backward() is called."""
+    here = _erf_grad(forward, NONE)
+    there = _erf_grad(forward, backward)
+    assert here.dtype == there.dtype
+    mpgrad.testing.assert_bits_equal(here, there)
+
+
+def test_erf_backward_in_its_forward_format():
+    """erf's VJP 2/sqrt(pi)*exp(-x*x)*g computed step by step in float16 (no autocast)."""
+    x = mpgrad.tensor([0.5], dtype="float16", requires_grad=True)
+    mpgrad.erf(x).sum().backward()
+    xs = mpgrad.tensor([0.5], dtype="float16")
+    want = 2 / np.sqrt(np.pi) * mpgrad.exp(-(xs * xs)) * mpgrad.tensor([1.0], dtype="float16")
+    mpgrad.testing.assert_bits_equal(x.grad, want)
+
+
+def test_softplus_runs_in_float32_under_autocast():
+    """softplus is on autocast's float32 list: every step in float32, as on float32 input."""
+    x = mpgrad.tensor([0.3, -2.0, 5.0, 30.0], dtype="float16")
+    with mpgrad.autocast("float16"):
+        got = mpgrad.softplus(x, beta=0.7)  # x * 0.7 is inexact in float16
+    want = mpgrad.softplus(x.to("float32"), beta=0.7)
+    assert got.dtype == mpgrad.float32
+    mpgrad.testing.assert_bits_equal(got, want)
+
+
+@pytest.mark.parametrize("fn", [lambda x: mpgrad.gelu(x), lambda x: mpgrad.gelu(x, "tanh"),
+                                mpgrad.silu, lambda x: F.layer_norm(x, 4),
+                                lambda x: F.softmax(x), lambda x: F.log_softmax(x),
+                                lambda x: F.mse_loss(x, x * 0.5),
+                                lambda x: F.cross_entropy(x.reshape(1, 4), [2])],
+                         ids=["gelu", "gelu_tanh", "silu", "layer_norm", "softmax",
+                              "log_softmax", "mse_loss", "cross_entropy"])
+def test_composites_under_a_policy_compute_in_its_format(fn):
+    """Under use_policy(c=C) a composite equals the same composite on inputs cast to C."""
+    x = mpgrad.tensor([0.3, -1.7, 2.2, -0.01], dtype="float32")
+    with mpgrad.use_policy("c=bf16"):
+        got = fn(x)
+    want = fn(x.to("bf16"))
+    assert got.dtype == mpgrad.bfloat16
+    mpgrad.testing.assert_bits_equal(got, want)
+
+
+def test_autocast_lists_name_only_implemented_ops():
+    from mpgrad.autodiff.policy import AUTOCAST_FLOAT32, AUTOCAST_LOWER
+    names = set(AUTOCAST_FLOAT32) | set(AUTOCAST_LOWER)
+    public = set(mpgrad.ops.__all__) | set(F.__all__)
+    assert names <= public, sorted(names - public)
+
+
+@pytest.mark.parametrize("ctx", [lambda: mpgrad.use_policy("c=f16"),
+                                 lambda: mpgrad.autocast("float16")], ids=["policy", "autocast"])
+def test_matmul_rounds_a_numpy_operand_once(ctx):
+    """A float64 operand is rounded once to the compute format (float16 here), as mul rounds
+    it under a Policy; through float32 it would become the tie 1 + 2**-11, then 1.0."""
+    v = 1 + 2.0 ** -11 + 2.0 ** -30  # above float16's midpoint 1 + 2**-11; float32 keeps 2**-11
+    b = mpgrad.tensor([[1.0]], dtype="float32")
+    with ctx():
+        product = mpgrad.matmul(np.array([[v]]), b)
+        vector = mpgrad.matmul(np.array([v]), b)
+    assert product.dtype == mpgrad.float16
+    assert product.item() == vector.item() == 1 + 2.0 ** -10
+    with mpgrad.use_policy("c=f16"):
+        assert mpgrad.mul(np.array([[v]]), b).item() == 1 + 2.0 ** -10
+    assert mpgrad.matmul(b, np.array([[v]])).item() == np.float32(v)
+
+
+@pytest.mark.parametrize("spec, want", [
+    ("c=f16", ("float32", "float16", "float16")),
+    ("p=f16,c=bf16", ("float16", "bfloat16", "bfloat16")),
+    ("p=bf16", ("bfloat16", "bfloat16", "bfloat16")),
+    ("bf16", ("bfloat16", "bfloat16", "bfloat16")),
+    ("half", ("float16", "float16", "float16")),
+    ("params=float32,compute=float16,output=float32", ("float32", "float16", "float32")),
+    ("p=f32,c=f16,o=f32", ("float32", "float16", "float32")),
+])
+def test_policy_parse_follows_jmp(spec, want):
+    """jmp.get_policy: params default to f32, compute follows params, output follows compute;
+    a bare name sets all three."""
+    p = mpgrad.Policy.parse(spec)
+    assert (p.param.name, p.compute.name, p.output.name) == want
+
+
+@pytest.mark.parametrize("spec", ["x=f16", "c=f16,q", "c=f99", ""])
+def test_policy_parse_refuses_bad_specs(spec):
+    with pytest.raises(ValueError):
+        mpgrad.Policy.parse(spec)
+
+
+def test_formats_compare_by_layout():
+    """Two formats with the same layout are the same format, whatever their names."""
+    e8m23 = mpgrad.Format.custom(8, 23)
+    assert e8m23 == mpgrad.float32 and hash(e8m23) == hash(mpgrad.float32)
+    assert mpgrad.Format.custom(5, 10, name="half") == mpgrad.float16
+    assert mpgrad.Format.custom(5, 10).storage == np.float16
+    assert mpgrad.Format.custom(8, 10) == mpgrad.tf32
+    assert mpgrad.Format.custom(5, 10, subnormals=False) != mpgrad.float16
+
+
+def test_engine_treats_equal_formats_alike():
+    """A tensor in a format equal to float32 meets float32 without a cast, and GradScaler
+    scales a custom format equal to float16 like float16."""
+    a = mpgrad.tensor([1.5, 2.0], dtype=mpgrad.Format.custom(8, 23, name="mine"))
+    b = mpgrad.tensor([0.25, 0.5], dtype="float32")
+    out = a + b
+    assert out.dtype == mpgrad.float32
+    assert mpgrad.concatenate([a, b]).dtype == mpgrad.float32
+
+
+def test_trainer_leaves_the_global_generator_alone():
+    """Building and stepping a Trainer does not reseed mpgrad's global generator."""
+    from mpgrad.demo.train import Trainer
+    mpgrad.manual_seed(123)
+    want = mpgrad.randn(4).to_float64()
+    mpgrad.manual_seed(123)
+    run = Trainer("fp32", features=4, classes=3, hidden=5, seed=0)
+    run.step(np.ones((2, 4)), np.array([0, 2]))
+    got = mpgrad.randn(4).to_float64()
+    assert np.array_equal(got, want)
