@@ -277,3 +277,12 @@ def test_dot_and_empty():
     a, b = np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0, 6.0])
     assert acc.dot(a, b, Sequential()) == 32.0
     assert acc.matmul_model(np.ones((2, 0)), np.ones((0, 3)), hardware.H100_FP16).shape == (2, 3)
+
+
+@pytest.mark.parametrize("model", [Pairwise("float16"), Pairwise(block=1), Exact()],
+                         ids=["pairwise16", "pairwise_b1", "exact"])
+def test_sum_of_negative_zeros_is_negative_zero(model):
+    """IEEE: -0 + -0 = -0 in every rounding step (Sequential starts at +0, so gives +0)."""
+    out = acc.reduce_sum(np.array([[-0.0, -0.0, -0.0]]), -1, model)
+    assert np.signbit(out).all() and (out == 0).all()
+    assert not np.signbit(acc.reduce_sum(np.array([[-0.0, -0.0]]), -1, Sequential())).any()

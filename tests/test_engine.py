@@ -101,6 +101,7 @@ def test_matmul_rounds_a_numpy_operand_once(ctx):
     ("p=bf16", ("bfloat16", "bfloat16", "bfloat16")),
     ("bf16", ("bfloat16", "bfloat16", "bfloat16")),
     ("half", ("float16", "float16", "float16")),
+    ("full", ("float32", "float32", "float32")),
     ("params=float32,compute=float16,output=float32", ("float32", "float16", "float32")),
     ("p=f32,c=f16,o=f32", ("float32", "float16", "float32")),
 ])

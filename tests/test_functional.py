@@ -67,6 +67,22 @@ def test_grads_cross_entropy(reduction):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_grads_nll_loss(reduction):
+    check_grads(lambda a: F.nll_loss(a, np.array([2, 0, 1, 2]), reduction), t64(4, 3))
+    check_grads(lambda a: F.nll_loss(a, np.array([[0, 1], [2, 2]]), reduction),
+                t64(2, 3, 2, seed=3))
+
+
+def test_cross_entropy_is_nll_of_log_softmax():
+    x = mpgrad.tensor(np.random.default_rng(7).standard_normal((5, 4)), dtype="bf16")
+    labels = np.array([3, 0, 1, 1, 2])
+    assert_bits_equal(F.cross_entropy(x, labels, "sum"),
+                      F.nll_loss(F.log_softmax(x, axis=1), labels, "sum"))
+    with pytest.raises(IndexError):
+        F.nll_loss(x, np.array([4, 0, 0, 0, 0]))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_grads_mse_loss(reduction):
     check_grads(lambda a, b: F.mse_loss(a, b, reduction), t64(3, 4), t64(3, 4, seed=1))
 
@@ -275,6 +291,21 @@ def test_cross_entropy_vs_torch():
         lm.backward(), lt.backward()
         assert elementwise_ulps(lm.numpy(), lt.detach().numpy()) <= 2
         assert normwise_ulps(m.grad.numpy(), t.grad.numpy()) <= 4
+
+
+def test_nll_loss_vs_torch():
+    """reduction='none' picks and negates (exact): bit for bit; the mean within an ulp."""
+    torch = pytest.importorskip("torch")
+    m, t = pair((8, 33), SEEDS[0])
+    labels = np.random.default_rng(0).integers(0, 33, 8)
+    none = F.nll_loss(m, labels, "none")
+    want = torch.nn.functional.nll_loss(t, torch.tensor(labels), reduction="none")
+    assert_bits_equal(none, mpgrad.tensor(want.detach().numpy()))
+    lm = F.nll_loss(m, labels)
+    lt = torch.nn.functional.nll_loss(t, torch.tensor(labels))
+    lm.backward(), lt.backward()
+    assert elementwise_ulps(lm.numpy(), lt.detach().numpy()) <= 1
+    assert_bits_equal(m.grad, mpgrad.tensor(t.grad.numpy()))
 
 
 def test_mse_loss_vs_torch():

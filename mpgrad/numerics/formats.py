@@ -203,7 +203,7 @@ _NATIVE = {f.storage: f.layout for f in FORMATS.values() if f.name != "tf32"}
 
 ALIASES: dict[str, str] = {
     "f64": "float64", "fp64": "float64", "double": "float64",
-    "f32": "float32", "fp32": "float32", "single": "float32",
+    "f32": "float32", "fp32": "float32", "single": "float32", "full": "float32",
     "fp19": "tf32",
     "f16": "float16", "fp16": "float16", "half": "float16",
     "bf16": "bfloat16",
