@@ -148,3 +148,44 @@ def test_trainer_leaves_the_global_generator_alone():
     run.step(np.ones((2, 4)), np.array([0, 2]))
     got = mpgrad.randn(4).to_float64()
     assert np.array_equal(got, want)
+
+
+_CALLS = {
+    "exp": lambda x: mpgrad.exp(x), "log": lambda x: mpgrad.log(x * x + 1),
+    "pow": lambda x: mpgrad.pow(x, 2.0), "softplus": lambda x: mpgrad.softplus(x),
+    "softmax": lambda x: F.softmax(x), "log_softmax": lambda x: F.log_softmax(x),
+    "layer_norm": lambda x: F.layer_norm(x, 4), "sum": lambda x: mpgrad.sum(x),
+    "mean": lambda x: mpgrad.mean(x), "mse_loss": lambda x: F.mse_loss(x, x * 0.5),
+    "cross_entropy": lambda x: F.cross_entropy(x.reshape(1, 4), [1]),
+    "nll_loss": lambda x: F.nll_loss(x.reshape(1, 4), [1]),
+    "matmul": lambda x: mpgrad.matmul(x.reshape(2, 2), x.reshape(2, 2)),
+    "linear": lambda x: F.linear(x.reshape(1, 4), x.reshape(1, 4), x[:1]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CALLS))
+def test_every_autocast_list_entry_is_obeyed(name):
+    """Each name on autocast's lists decides its op's format: float32 for the float32 list
+    (from float16 inputs), the autocast format for the lower list (from float32 inputs)."""
+    from mpgrad.autodiff.policy import AUTOCAST_FLOAT32, AUTOCAST_LOWER
+    assert set(_CALLS) == AUTOCAST_FLOAT32 | AUTOCAST_LOWER
+    lower = name in AUTOCAST_LOWER
+    x = mpgrad.tensor([0.3, -1.7, 2.2, -0.01], dtype="float32" if lower else "float16")
+    with mpgrad.autocast("bfloat16" if lower else "float16"):
+        out = _CALLS[name](x)
+    assert out.dtype == (mpgrad.bfloat16 if lower else mpgrad.float32)
+
+
+def test_backward_under_a_strict_policy():
+    """A strict policy's VJPs see only tensors of its compute format: backward works and
+    equals the same computation without the policy (all inputs already in float16)."""
+    def grads(ctx):
+        x = mpgrad.tensor([1.5, -0.25], dtype="f16", requires_grad=True)
+        w = mpgrad.tensor([[0.5, 2.0], [1.0, 3.0]], dtype="f16", requires_grad=True)
+        with ctx():
+            y = F.layer_norm(mpgrad.erf(mpgrad.matmul(w, x) * 2), 2, w[0], w[1]).sum()
+        y.backward()
+        return x.grad, w.grad
+    strict = grads(lambda: mpgrad.use_policy(mpgrad.Policy.parse("f16", strict=True)))
+    for a, b in zip(strict, grads(NONE)):
+        mpgrad.testing.assert_bits_equal(a, b)
