@@ -43,21 +43,26 @@ def _floor_log2(q: Fraction) -> int:
     return e - 1 if Fraction(2) ** e > q else e
 
 
-def _block_ref(terms, m: BlockFMA) -> float:
-    """One block FMA step on exact terms (Fractions or special floats)."""
+def _block_ref(terms, m: BlockFMA, exps=None) -> float:
+    """One block FMA step on exact terms (Fractions or special floats); exps: each term's
+    exponent for align="exponents" (None: floor(log2|t|), also for an accumulator)."""
     specials = [t for t in terms if isinstance(t, float) and not math.isfinite(t)]
     if specials:
         return _rnd(float(sum(specials)), m.acc, m.mode)
-    nz = [t for t in terms if t != 0]
+    exps = [None] * len(terms) if exps is None or m.align == "value" else exps
+    nz = [(t, e) for t, e in zip(terms, exps) if t != 0]
     if not nz:
         return 0.0
-    unit = Fraction(2) ** (max(_floor_log2(t) for t in nz) - m.fraction_bits)
+    top = max(_floor_log2(t) if e is None else e for t, e in nz)
+    nz = [t for t, _ in nz]
+    unit = Fraction(2) ** (top - m.fraction_bits)
     total = sum(((abs(t) // unit) * unit * (1 if t > 0 else -1) for t in nz), Fraction(0))
     return _rnd(total, m.acc, m.mode)
 
 
-def ref_reduce(m, terms: list) -> float:
-    """The model applied to a list of exact terms (Fractions, or inf/NaN floats), as a float."""
+def ref_reduce(m, terms: list, exps: list | None = None) -> float:
+    """The model applied to a list of exact terms (Fractions, or inf/NaN floats), as a float;
+    exps: the products' exponents (the sums of their inputs' exponents), if known."""
     if isinstance(m, Exact):
         if any(isinstance(t, float) for t in terms):
             return _rnd(float(sum(float(t) for t in terms)), m.acc, m.mode)
@@ -85,13 +90,16 @@ def ref_reduce(m, terms: list) -> float:
         c = 0.0
         for k0 in range(0, len(terms), m.n):
             blk = terms[k0:k0 + m.n]
+            e = None if exps is None else exps[k0:k0 + m.n]
             if m.include_accumulator:
-                c = _block_ref([_exact(c)] + blk, m)
+                c = _block_ref([_exact(c)] + blk, m, None if e is None else [None] + e)
             else:
-                c = _plus(c, _exact(_block_ref(blk, m)), m.acc, m.mode)
+                c = _plus(c, _exact(_block_ref(blk, m, e)), m.acc, m.mode)
         return c
     if isinstance(m, Chunked):
-        parts = [ref_reduce(m.inner, terms[k:k + m.chunk]) for k in range(0, len(terms), m.chunk)]
+        parts = [ref_reduce(m.inner, terms[k:k + m.chunk],
+                            None if exps is None else exps[k:k + m.chunk])
+                 for k in range(0, len(terms), m.chunk)]
         return ref_reduce(m.outer, [_exact(p) for p in parts])
     raise TypeError(m)
 
@@ -104,12 +112,14 @@ def ref_matmul(m, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.empty((a.shape[0], b.shape[1]))
     for i in range(a.shape[0]):
         for j in range(b.shape[1]):
-            terms = []
+            terms, exps = [], []
             for k in range(a.shape[1]):
                 x, y = float(a[i, k]), float(b[k, j])
                 terms.append(Fraction(x) * Fraction(y) if math.isfinite(x) and math.isfinite(y)
                              else x * y)
-            out[i, j] = ref_reduce(m, terms)
+                # frexp: x = f * 2**e with 0.5 <= |f| < 1, so floor(log2|x|) = e - 1
+                exps.append(math.frexp(x)[1] + math.frexp(y)[1] - 2)
+            out[i, j] = ref_reduce(m, terms, exps)
     return out
 
 

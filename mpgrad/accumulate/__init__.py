@@ -5,9 +5,10 @@ from . import hardware
 from .bounds import accumulation_error_bound
 from .drivers import check_inputs, default_model, dot, matmul_model, products, reduce_sum
 from .hardware import HARDWARE
+from .mma import mma
 from .models import (MODELS, BlockFMA, Chunked, Exact, Model, Pairwise, Sequential,
                      error_bound)
 
 __all__ = ["Exact", "Sequential", "Pairwise", "Chunked", "BlockFMA", "Model", "MODELS",
            "hardware", "HARDWARE", "dot", "matmul_model", "reduce_sum", "default_model",
-           "check_inputs", "products", "error_bound", "accumulation_error_bound"]
+           "check_inputs", "products", "error_bound", "accumulation_error_bound", "mma"]

@@ -7,9 +7,10 @@ import numpy as np
 from ..numerics.exact_matmul import exact_matmul
 from ..numerics.formats import Format, float32, promote
 from ..numerics.rounding import round_to, to_float64
-from .models import MODELS, Exact, Model, Sequential
+from .models import MODELS, NO_EXPONENT, Exact, Model, Sequential, uses_exponents
 
-__all__ = ["default_model", "check_inputs", "products", "matmul_model", "dot", "reduce_sum"]
+__all__ = ["default_model", "check_inputs", "products", "input_exponents", "matmul_model", "dot",
+           "reduce_sum"]
 
 _LIMIT = 2.0 ** 500  # finite nonzero inputs must lie in [2**-500, 2**500]: nothing over/underflows
 
@@ -78,26 +79,46 @@ def _check_model(model) -> None:
 _TILE = 1 << 14  # outputs reduced at a time by a block model (its term stack stays small)
 
 
-def _matmul2(a: np.ndarray, b: np.ndarray, model: Model) -> np.ndarray:
-    """One (M, K) @ (K, N) product under a model other than Exact."""
+def input_exponents(x: np.ndarray, fmt: Format | None = None) -> np.ndarray:
+    """Each value's exponent floor(log2|x|) as a matrix unit reads it: at least fmt's
+    minimum exponent (a subnormal input takes it), NO_EXPONENT for a zero."""
+    mag = np.abs(x)
+    used = (mag > 0) & np.isfinite(mag)
+    e = np.frexp(np.where(used, mag, 1.0))[1] - 1
+    if fmt is not None:
+        e = np.maximum(e, fmt.min_exponent)
+    return np.where(used, e, NO_EXPONENT).astype(np.int64)
+
+
+def _matmul2(a: np.ndarray, b: np.ndarray, model: Model, formats: tuple) -> np.ndarray:
+    """One (M, K) @ (K, N) product under a model other than Exact (formats: the inputs'
+    formats, for a model that aligns by their exponents)."""
     if (isinstance(model, Sequential) and model.acc == float32
             and model.mode == "nearest_even" and _float32_products(a, b)):
         return _sequential_float32(a, b, model)
     rows = a.shape[0] if isinstance(model, Sequential) else max(1, _TILE // max(b.shape[1], 1))
     out = np.empty((a.shape[0], b.shape[1]))
+    by_exponents = uses_exponents(model)
+    eb = input_exponents(b, formats[1]) if by_exponents else None
     for i in range(0, a.shape[0], rows):
         at = np.ascontiguousarray(a[i:i + rows].T)
-
-        out[i:i + rows] = model.reduce(a.shape[1], lambda k0, k1, at=at: products(at, b, k0, k1),
-                                       (at.shape[1], b.shape[1]))
+        shape = (at.shape[1], b.shape[1])
+        terms = (a.shape[1], lambda k0, k1, at=at: products(at, b, k0, k1), shape)
+        if not by_exponents:
+            out[i:i + rows] = model.reduce(*terms)
+            continue
+        eat = input_exponents(at, formats[0])
+        out[i:i + rows] = model.reduce(
+            *terms, lambda k0, k1, eat=eat: eat[k0:k1, :, None] + eb[k0:k1, None, :])
     return out
 
 
-def matmul_model(a, b, model: Model, storage: bool = False,
-                 max_bits: int | None = None) -> np.ndarray:
+def matmul_model(a, b, model: Model, storage: bool = False, max_bits: int | None = None,
+                 formats: tuple = (None, None)) -> np.ndarray:
     """a (..., M, K) @ b (..., K, N) of exact values under the model, as acc-format float64
     (storage=True: Exact's result in acc's storage dtype, saving a conversion; max_bits:
-    see exact_matmul).
+    see exact_matmul; formats: a's and b's formats, whose minimum exponents a model with
+    align="exponents" gives to subnormal inputs).
 
     Exact takes the error-free BLAS path (mpgrad.exact_matmul) for any float64 inputs;
     the other models need inputs of at most 26 significant bits (exact float64 products).
@@ -115,7 +136,7 @@ def matmul_model(a, b, model: Model, storage: bool = False,
     a, b = np.broadcast_to(a, batch + a.shape[-2:]), np.broadcast_to(b, batch + b.shape[-2:])
     out = np.empty(batch + (a.shape[-2], b.shape[-1]))
     for i in np.ndindex(batch):
-        out[i] = _matmul2(a[i], b[i], model)
+        out[i] = _matmul2(a[i], b[i], model, formats)
     return out
 
 

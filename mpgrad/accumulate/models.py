@@ -25,10 +25,11 @@ from ..numerics.rounding import MODES, round_to, to_float64
 from .rounding_error import U53, pairwise_depth, round_params, tree_bound
 
 __all__ = ["Exact", "Sequential", "Pairwise", "Chunked", "BlockFMA", "Model", "MODELS",
-           "error_bound"]
+           "error_bound", "NO_EXPONENT", "uses_exponents"]
 
 Terms = Callable[[int, int], np.ndarray]  # (k0, k1) -> exact terms k0..k1-1 on a first axis
 Bound = Callable[[int, int], np.ndarray]  # (k0, k1) -> an upper bound on sum |t_k| over them
+NO_EXPONENT = -(1 << 20)  # the exponent of a zero term: below every other
 
 
 def _check_common(obj) -> None:
@@ -172,6 +173,13 @@ class BlockFMA:
     Zero terms take no part in E; a block of zeros (and c = 0) sums to +0. A NaN term,
     or infinities of both signs, make the block NaN; otherwise an infinity passes through;
     specials are then converted to acc as round_to does (e.g. inf -> NaN in e4m3fn).
+
+    align="exponents" is the GPUs' rule (Khattak & Mikaitis 2025; MMA-Sim, arXiv
+    2511.10909): a product's exponent is the sum of its inputs' exponents (its significand
+    product lies in [1, 4), so it may exceed 2**(E+1)), an input below its format's
+    smallest normal takes the format's minimum exponent, and c's exponent is floor(log2|c|).
+    The drivers supply the inputs' exponents for matrix products (mma, matmul_model);
+    for a plain sum the terms' own exponents are used, which is align="value".
     """
 
     n: int = 16
@@ -179,50 +187,70 @@ class BlockFMA:
     include_accumulator: bool = True
     mode: str = "toward_zero"
     acc: Format = float32
+    align: str = "value"
 
     def __post_init__(self) -> None:
         _check_common(self)
         if not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"n must be an int >= 1, got {self.n!r}")
-        width = int(self.n + 1).bit_length()  # bits the exact sum of n + 1 terms can add
+        if self.align not in ("value", "exponents"):
+            raise ValueError(f"align must be 'value' or 'exponents', got {self.align!r}")
+        # bits the exact sum of n + 1 terms can add (one more: a product may reach 2**(E+2))
+        width = int(self.n + 1).bit_length() + (self.align == "exponents")
         if not isinstance(self.fraction_bits, int) or not 0 <= self.fraction_bits <= 52 - width:
             raise ValueError(f"fraction_bits must be an int in [0, {52 - width}] for n="
                              f"{self.n} (the aligned sum must be exact in float64), "
                              f"got {self.fraction_bits!r}")
 
-    def _block(self, t: np.ndarray, c: np.ndarray | None) -> np.ndarray:
-        """Align, truncate, add exactly and round a stack t of terms (block axis first),
-        with the accumulator c when given.
+    def block(self, t: np.ndarray, c: np.ndarray | None, e: np.ndarray | None = None,
+              out: Format | None = None, mode: str | None = None) -> np.ndarray:
+        """Align, truncate, add exactly and round (to out in mode; default acc in the model's
+        mode) a stack t of terms (block axis first), with the accumulator c when given.
 
-        E comes from the largest magnitude (its floor(log2)); a NaN or infinity makes E so
-        large that every finite term truncates to 0, leaving IEEE's sum of the specials.
+        E is the largest exponent: of the terms' magnitudes, or the given exponents e of
+        the terms (align="exponents"; NO_EXPONENT for a zero term), and of c. A NaN or
+        infinity makes E so large that every finite term truncates to 0, leaving IEEE's sum
+        of the specials.
         """
         with np.errstate(invalid="ignore", over="ignore", under="ignore"):
             m = np.maximum(t.max(axis=0), -t.min(axis=0))
             if c is not None:
                 m = np.maximum(m, np.abs(c))
             finite = np.isfinite(m)
-            E = np.where(finite, np.frexp(np.where(finite, m, 0.0))[1] - 1, 1100)
+            if e is None or self.align == "value":
+                E = np.frexp(np.where(finite, m, 0.0))[1] - 1
+            else:
+                E = e.max(axis=0)
+                if c is not None:
+                    E = np.maximum(E, np.where(c != 0, np.frexp(c)[1] - 1, NO_EXPONENT))
+                E = np.where(E < NO_EXPONENT // 2, 0, E)  # all zero: any alignment gives +0
+            E = np.where(finite, E, 1100)
             shift = self.fraction_bits - E  # terms are truncated to multiples of 2**-shift
             if -1022 <= shift.min() and shift.max() <= 1023:
                 ints = np.multiply(t, np.ldexp(1.0, shift), out=np.empty_like(t))
             else:
                 ints = np.ldexp(t, shift)
-            total = np.trunc(ints, out=ints).sum(axis=0)  # exact: integers below 2**(F+1)
+            total = np.trunc(ints, out=ints).sum(axis=0)  # exact: integers below 2**(F+2)
             if c is not None:
                 total += np.trunc(np.ldexp(c, shift))
             s = np.ldexp(total, -shift) + 0.0  # exact; a zero sum is +0
-        return _round(s, self.acc, self.mode)
+        return _round(s, out or self.acc, mode or self.mode)
 
-    def reduce(self, K: int, terms: Terms, shape: tuple) -> np.ndarray:
-        """Reduce K terms block by block with an (shape) accumulator."""
-        c = np.zeros(shape)
+    def reduce(self, K: int, terms: Terms, shape: tuple, exponents: Terms | None = None,
+               c: np.ndarray | None = None, out: Format | None = None,
+               mode: str | None = None) -> np.ndarray:
+        """Reduce K terms block by block with an (shape) accumulator starting at c (+0),
+        each block rounded to out in mode (default: acc in the model's mode); exponents(k0,
+        k1) gives the terms' exponents for align="exponents"."""
+        c = np.zeros(shape) if c is None else c
         for k0 in range(0, K, self.n):
-            t = terms(k0, min(k0 + self.n, K))
+            k1 = min(k0 + self.n, K)
+            e = None if exponents is None else exponents(k0, k1)
             if self.include_accumulator:
-                c = self._block(t, c)
+                c = self.block(terms(k0, k1), c, e, out, mode)
             else:
-                c = _add(c, self._block(t, None), self.acc, self.mode)
+                c = _add(c, self.block(terms(k0, k1), None, e), out or self.acc,
+                         mode or self.mode)
         return c
 
     def bound(self, K: int, T: Bound, shape: tuple, s_abs=None) -> tuple:
@@ -281,11 +309,16 @@ class Chunked:
         """The format of the result: the outer model's accumulator."""
         return self.outer.acc
 
-    def reduce(self, K: int, terms: Terms, shape: tuple) -> np.ndarray:
-        """Reduce each chunk with inner, then the stacked chunk results with outer."""
-        parts = [self.inner.reduce(min(self.chunk, K - k0),
-                                   lambda a, b, k0=k0: terms(k0 + a, k0 + b), shape)
-                 for k0 in range(0, K, self.chunk)]
+    def reduce(self, K: int, terms: Terms, shape: tuple,
+               exponents: Terms | None = None) -> np.ndarray:
+        """Reduce each chunk with inner, then the stacked chunk results with outer
+        (exponents, for an inner model that aligns by them, as BlockFMA.reduce)."""
+        def part(k0: int) -> np.ndarray:
+            chunk = (min(self.chunk, K - k0), lambda a, b: terms(k0 + a, k0 + b), shape)
+            if exponents is None:
+                return self.inner.reduce(*chunk)
+            return self.inner.reduce(*chunk, lambda a, b: exponents(k0 + a, k0 + b))
+        parts = [part(k0) for k0 in range(0, K, self.chunk)]
         stack = np.stack(parts) if parts else np.zeros((0,) + shape)
         return self.outer.reduce(len(parts), lambda a, b: stack[a:b], shape)
 
@@ -310,6 +343,13 @@ class Chunked:
 
 MODELS = (Exact, Sequential, Pairwise, BlockFMA, Chunked)
 Model = Union[MODELS]
+
+
+def uses_exponents(model: Model) -> bool:
+    """Whether the model aligns products by their inputs' exponents (see BlockFMA)."""
+    if isinstance(model, Chunked):
+        return uses_exponents(model.inner)
+    return isinstance(model, BlockFMA) and model.align == "exponents"
 
 
 def error_bound(model: Model, K: int, T: Bound, shape: tuple, s_abs=None) -> tuple:

@@ -27,7 +27,7 @@ def _swap(t):
 def _matmul_forward(c, a, b, accumulate):
     """The model's result (the default model when none is given) in its accumulator format."""
     return matmul_model(a, b, accumulate or default_model(c), storage=True,
-                        max_bits=c.precision)  # a and b hold values of c
+                        max_bits=c.precision, formats=(c, c))  # a and b hold values of c
 
 
 _MATMUL = Op("matmul", _matmul_forward, lambda ctx, g: (

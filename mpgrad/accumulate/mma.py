@@ -1,0 +1,80 @@
+"""The matrix-unit instruction D = A @ B + C, as a block-FMA model computes it.
+
+`mma` takes the operands in their formats' storage dtypes (float16, bfloat16, the float8
+formats; float32 holding tf32 values), walks K one block of model.n products at a time
+(chained: each block's result is the next block's C, rounded to the output format), and
+returns D in the output format's storage dtype. See docs/hardware.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..numerics.formats import Format, as_format, float16, float32, format_of_dtype, tf32
+from ..numerics.rounding import round_to, to_float64
+from .drivers import input_exponents, products
+from .models import BlockFMA
+
+__all__ = ["mma"]
+
+
+def _operand(x, name: str) -> tuple[np.ndarray, Format]:
+    """x's storage array and format (a Tensor's own, or the storage dtype's; float32: tf32)."""
+    fmt = getattr(x, "dtype", None)
+    if isinstance(fmt, Format):  # an mpgrad Tensor
+        x = x.data
+    x = np.asarray(x)
+    fmt = format_of_dtype(x.dtype) if not isinstance(fmt, Format) else fmt
+    if fmt is None or fmt.precision > float32.precision:
+        raise TypeError(f"mma: {name} must be an array in the storage dtype of its format "
+                        f"(float16, bfloat16, float8, or float32 holding tf32 values), "
+                        f"got dtype {x.dtype}")
+    if fmt == float32:
+        fmt = tf32  # the unit reads float32 registers as tf32 operands
+        if not np.array_equal(round_to(x, tf32).view(np.uint32), x.view(np.uint32)):
+            raise ValueError(f"mma: float32 operand {name} holds values that are not tf32; "
+                             "round them first, e.g. mpgrad.round_to(x, 'tf32')")
+    return to_float64(x), fmt
+
+
+def mma(a, b, c=None, *, model: BlockFMA, out: Format | str | None = None) -> np.ndarray:
+    """D = A @ B + C as the matrix unit of `model` computes it.
+
+    a (..., M, K) and b (..., K, N): arrays in their formats' storage dtypes, or mpgrad
+    Tensors (the formats may differ, e.g. e4m3 x e5m2); batch dimensions broadcast. c
+    (..., M, N): values of the output register (float32, or float16 for out="float16"), or
+    None for zeros. out: the output format,
+    default the model's accumulator (float32); "float16" rounds each block to nearest even
+    in float16, as the fp16-output instructions do. Returns out's storage array.
+    """
+    if not isinstance(model, BlockFMA) or not model.include_accumulator:
+        raise ValueError(f"mma needs a BlockFMA model that adds C inside the block (a "
+                         f"hardware preset), got {model!r}; use mpgrad.matmul for the others")
+    (av, fa), (bv, fb) = _operand(a, "a"), _operand(b, "b")
+    if av.ndim < 2 or bv.ndim < 2 or av.shape[-1] != bv.shape[-2]:
+        raise ValueError(f"mma needs a (..., M, K) and b (..., K, N), got {av.shape}, "
+                         f"{bv.shape}")
+    fmt = model.acc if out is None else as_format(out)
+    mode = model.mode if out is None or fmt == model.acc else "nearest_even"
+    if fmt not in (model.acc, float16):
+        raise ValueError(f"mma: out must be the model's {model.acc.name} or float16, "
+                         f"got {fmt.name}")
+    batch = np.broadcast_shapes(av.shape[:-2], bv.shape[:-2])
+    M, K, N = av.shape[-2], av.shape[-1], bv.shape[-1]
+    shape = batch + (M, N)
+    cv = np.zeros(shape) if c is None else to_float64(np.broadcast_to(
+        np.asarray(c.data if isinstance(getattr(c, "dtype", None), Format) else c), shape))
+    register = format_of_dtype(fmt.storage)  # C and D live in float32 or float16 registers
+    if c is not None and not np.array_equal(to_float64(round_to(cv, register)), cv,
+                                            equal_nan=True):
+        raise ValueError(f"mma: c must hold {register.name} values (the output register)")
+    av = np.broadcast_to(av, batch + (M, K))
+    bv = np.broadcast_to(bv, batch + (K, N))
+    d = np.empty(shape)
+    for i in np.ndindex(batch):
+        at, bt = np.ascontiguousarray(av[i].T), bv[i]
+        eat, eb = input_exponents(at, fa), input_exponents(bt, fb)
+        d[i] = model.reduce(K, lambda k0, k1: products(at, bt, k0, k1), (M, N),
+                            lambda k0, k1: eat[k0:k1, :, None] + eb[k0:k1, None, :],
+                            c=cv[i], out=fmt, mode=mode)
+    return round_to(d, fmt)  # d holds fmt values: this only stores them
