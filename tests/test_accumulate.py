@@ -87,14 +87,26 @@ def ref_reduce(m, terms: list, exps: list | None = None) -> float:
                          m.acc, m.mode)
         return part(terms) if terms else 0.0
     if isinstance(m, BlockFMA):
+        width = m.k or m.n
         c = 0.0
-        for k0 in range(0, len(terms), m.n):
-            blk = terms[k0:k0 + m.n]
-            e = None if exps is None else exps[k0:k0 + m.n]
-            if m.include_accumulator:
-                c = _block_ref([_exact(c)] + blk, m, None if e is None else [None] + e)
+        for i0 in range(0, len(terms), width):
+            idx = list(range(i0, min(i0 + width, len(terms))))
+            if m.order == "pairs":  # pair p of the instruction goes to block p mod (k / n)
+                groups = [[i for i in idx if ((i - i0) // 2) % (width // m.n) == g]
+                          for g in range(width // m.n)]
             else:
-                c = _plus(c, _exact(_block_ref(blk, m, e)), m.acc, m.mode)
+                groups = [idx[j:j + m.n] for j in range(0, len(idx), m.n)]
+            acc = c if m.accumulator == "first" else 0.0
+            for g in (g for g in groups if g):
+                blk = [terms[i] for i in g]
+                e = None if exps is None else [exps[i] for i in g]
+                if m.include_accumulator:
+                    acc = _block_ref([_exact(acc)] + blk, m, None if e is None else [None] + e)
+                else:
+                    c = _plus(c, _exact(_block_ref(blk, m, e)), m.acc, m.mode)
+            if m.include_accumulator:
+                c = acc if m.accumulator == "first" else _plus(acc, _exact(c), m.acc,
+                                                               m.late_mode)
         return c
     if isinstance(m, Chunked):
         parts = [ref_reduce(m.inner, terms[k:k + m.chunk],
@@ -118,7 +130,11 @@ def ref_matmul(m, a: np.ndarray, b: np.ndarray) -> np.ndarray:
                 terms.append(Fraction(x) * Fraction(y) if math.isfinite(x) and math.isfinite(y)
                              else x * y)
                 # frexp: x = f * 2**e with 0.5 <= |f| < 1, so floor(log2|x|) = e - 1
-                exps.append(math.frexp(x)[1] + math.frexp(y)[1] - 2)
+                floor = getattr(getattr(m, "inner", m), "input_emin", None)
+                ex, ey = math.frexp(x)[1] - 1, math.frexp(y)[1] - 1
+                if floor is not None:  # the unit's exponent floor for its inputs
+                    ex, ey = max(ex, floor), max(ey, floor)
+                exps.append(ex + ey)
             out[i, j] = ref_reduce(m, terms, exps)
     return out
 
@@ -235,7 +251,7 @@ def test_promotion_differs_on_long_k():
 def test_presets():
     table = {"V100": ((4, 23), None, None), "A100": ((8, 24), 4, None),
              "ADA": ((8, 24), 4, (16, 13)), "H100": ((16, 25), 8, (32, 13)),
-             "H200": ((16, 25), 8, (32, 13)), "B200": ((16, 25), 8, (32, 25))}
+             "H200": ((16, 25), 8, (32, 13)), "B200": ((16, 25), 8, (16, 25))}
     for gpu, (half, tf32, fp8) in table.items():
         m = getattr(hardware, f"{gpu}_FP16")
         assert (m.n, m.fraction_bits, m.acc, m.mode) == (*half, F32, "toward_zero")
@@ -245,6 +261,8 @@ def test_presets():
         if fp8:
             m = getattr(hardware, f"{gpu}_FP8")
             assert (m.n, m.fraction_bits) == fp8
+            assert (m.k, m.order, m.accumulator) == ((32, "pairs", "last") if gpu == "B200"
+                                                     else (None, "consecutive", "first"))
             p = getattr(hardware, f"{gpu}_FP8_PROMOTED")
             assert p == Chunked(128, m, Sequential(F32, fma=False))
     assert acc.HARDWARE["H100_FP8"] is hardware.H100_FP8

@@ -26,6 +26,7 @@ MODELS = {
     "V100_FP16": hardware.V100_FP16,
     "H100_FP8": hardware.H100_FP8,
     "H100_FP8_PROMOTED": hardware.H100_FP8_PROMOTED,
+    "B200_FP8": hardware.B200_FP8,
 }
 FORMATS = [float16, bfloat16, float8_e4m3fn, float8_e5m2]
 
@@ -59,9 +60,14 @@ def _wide_range(rng, M, K, N, fmt):
     return _in(A, fmt), _in(B, fmt)
 
 
+# A model with an input exponent floor (B200_FP8) aligns inputs below 2**input_emin above
+# their own exponents, where its bound need not hold (BlockFMA.bound): no "wide" inputs.
+CASES = [(kind, name) for kind in ("random", "cancellation", "wide") for name in MODELS
+         if not (kind == "wide" and getattr(MODELS[name], "input_emin", None) is not None)]
+
+
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
-@pytest.mark.parametrize("name", list(MODELS))
-@pytest.mark.parametrize("kind", ["random", "cancellation", "wide"])
+@pytest.mark.parametrize("kind, name", CASES, ids="-".join)
 def test_model_result_within_bound(name, fmt, kind):
     model = MODELS[name]
     rng = np.random.default_rng(hash((name, fmt.name, kind)) % 2 ** 32)

@@ -14,17 +14,12 @@ from gpu_vectors import DATA, configurations, mismatches
 from mpgrad.accumulate import BlockFMA, hardware
 from reference import ref_round
 
-# Configurations no preset reproduces yet (docs/hardware.md gives the counts).
-UNSOLVED = {("B200", "E4M3"), ("B200", "E5M2"), ("H100", "E4M3", "d_fp16"),
-            ("H100", "E5M2", "d_fp16")}
-
-
-def _solved():
+def _all():
     with np.load(DATA) as data:
-        return [c for c in configurations(data) if c[:2] not in UNSOLVED and c not in UNSOLVED]
+        return configurations(data)
 
 
-@pytest.mark.parametrize("gpu, inp, field", _solved(), ids="/".join)
+@pytest.mark.parametrize("gpu, inp, field", _all(), ids="/".join)
 def test_measured_dot_products_bit_for_bit(gpu, inp, field):
     """Every measured case of the configuration reproduces bit for bit (1000 each)."""
     with np.load(DATA) as data:
@@ -39,32 +34,52 @@ def _floor_log2(q: Fraction) -> int:
     return e - 1 if Fraction(2) ** e > q else e
 
 
-def _exponent(x: float, fmt) -> int:
-    """The input's exponent as the unit reads it: a subnormal takes the minimum exponent."""
-    return max(_floor_log2(Fraction(x)), fmt.min_exponent)
+def _exponent(x: float, fmt, model: BlockFMA) -> int:
+    """The input's exponent as the unit reads it: a subnormal takes the minimum exponent
+    (the model's input_emin when it has one)."""
+    emin = fmt.min_exponent if model.input_emin is None else model.input_emin
+    return max(_floor_log2(Fraction(x)), emin)
+
+
+def _fused(pairs, c, fa, fb, model: BlockFMA, out, mode) -> float:
+    """One block: products (and c unless None) aligned to the largest exponent (products:
+    the sum of their inputs'), truncated to F bits below it, added exactly, rounded once."""
+    if (c is not None and not math.isfinite(c)) or any(
+            not math.isfinite(x) or not math.isfinite(y) for x, y in pairs):
+        return ref_round(float(sum(float(x) * float(y) for x, y in pairs) + (c or 0.0)),
+                         out, mode)
+    items = [(Fraction(x) * Fraction(y), _exponent(x, fa, model) + _exponent(y, fb, model))
+             for x, y in pairs if x != 0 and y != 0]
+    if c:
+        items.append((Fraction(c), _floor_log2(Fraction(c))))
+    if not items:
+        return 0.0
+    unit = Fraction(2) ** (max(e for _, e in items) - model.fraction_bits)
+    total = sum((math.floor(abs(v) / unit) * unit * (1 if v > 0 else -1) for v, _ in items),
+                Fraction(0))
+    return ref_round(total, out, mode)
 
 
 def ref_dot(a, b, c: float, fa, fb, model: BlockFMA, out, mode: str) -> float:
-    """One output: blocks of model.n products plus the running c, each aligned to the
-    largest exponent (products: the sum of their inputs'), truncated to F bits below it,
-    added exactly and rounded once to out."""
-    for k0 in range(0, len(a), model.n):
-        pairs = list(zip(a[k0:k0 + model.n], b[k0:k0 + model.n]))
-        if not math.isfinite(c) or any(
-                not math.isfinite(x) or not math.isfinite(y) for x, y in pairs):
-            c = ref_round(float(sum(float(x) * float(y) for x, y in pairs) + c), out, mode)
-            continue
-        items = [(Fraction(x) * Fraction(y), _exponent(x, fa) + _exponent(y, fb))
-                 for x, y in pairs if x != 0 and y != 0]
-        if c != 0:
-            items.append((Fraction(c), _floor_log2(Fraction(c))))
-        if not items:
-            c = 0.0
-            continue
-        unit = Fraction(2) ** (max(e for _, e in items) - model.fraction_bits)
-        total = sum((math.floor(abs(v) / unit) * unit * (1 if v > 0 else -1)
-                     for v, _ in items), Fraction(0))
-        c = ref_round(total, out, mode)
+    """One output: instructions of k products; each split into k/n blocks of consecutive
+    products or of interleaved pairs (pair p goes to block p mod k/n); C joins the first
+    block, or is added to the blocks' result at the end with one rounding in late_mode."""
+    width = model.k or model.n
+    blocks = width // model.n
+    for k0 in range(0, len(a), width):
+        idx = list(range(k0, min(k0 + width, len(a))))
+        if model.order == "pairs":
+            groups = [[i for i in idx if ((i - k0) // 2) % blocks == g] for g in range(blocks)]
+        else:
+            groups = [idx[j:j + model.n] for j in range(0, len(idx), model.n)]
+        acc = c if model.accumulator == "first" else None
+        for g in (g for g in groups if g):
+            acc = _fused([(a[i], b[i]) for i in g], acc, fa, fb, model, out, mode)
+        if model.accumulator == "last":
+            sum_ = Fraction(acc) + Fraction(c) if math.isfinite(acc) and math.isfinite(c) \
+                else float(acc) + float(c)
+            acc = ref_round(sum_, out, model.late_mode)
+        c = acc
     return c
 
 
@@ -86,6 +101,8 @@ CASES = [
     (hardware.H100_TF32, "tf32", "tf32", None),
     (hardware.ADA_FP8, "float8_e4m3fn", "float8_e5m2", None),
     (hardware.H100_FP8, "float8_e5m2", "float8_e4m3fn", "float16"),
+    (hardware.B200_FP8, "float8_e4m3fn", "float8_e5m2", None),
+    (hardware.H100_FP8_SYNC, "float8_e5m2", "float8_e5m2", "float16"),
 ]
 
 
@@ -158,3 +175,14 @@ def test_subnormal_inputs_take_the_minimum_exponent():
     # matmul_model without formats aligns by the values' own exponents: 2**-30 is kept
     plain = mpgrad.accumulate.matmul_model(a.astype(float), b.astype(float), hardware.V100_FP16)
     assert plain[0, 0] == 2.0 ** -14 + 2.0 ** -30
+
+
+@pytest.mark.parametrize("out, code", [(None, 0x7FFFFFFF), ("float16", 0x7FFF)])
+def test_nan_results_are_the_canonical_code(out, code):
+    """inf * 0 and inf - inf give the matrix units' NaN: every fraction bit set."""
+    a = np.array([[np.inf, 1, 0, 0], [np.inf, -np.inf, 0, 0]], np.float16)
+    b = np.array([[0, 1], [1, 1], [0, 0], [0, 0]], np.float16)
+    d = mpgrad.mma(a, b, model=hardware.V100_FP16, out=out)
+    bits = d.view(np.uint32 if d.itemsize == 4 else np.uint16)
+    assert bits[0, 0] == code and bits[1, 1] == code
+    assert np.isinf(float(d[0, 1]))  # inf * 1 + 1 * 1: an infinity passes through

@@ -7,7 +7,7 @@ import numpy as np
 from ..numerics.exact_matmul import exact_matmul
 from ..numerics.formats import Format, float32, promote
 from ..numerics.rounding import round_to, to_float64
-from .models import MODELS, NO_EXPONENT, Exact, Model, Sequential, uses_exponents
+from .models import MODELS, NO_EXPONENT, Chunked, Exact, Model, Sequential, uses_exponents
 
 __all__ = ["default_model", "check_inputs", "products", "input_exponents", "matmul_model", "dot",
            "reduce_sum"]
@@ -79,14 +79,19 @@ def _check_model(model) -> None:
 _TILE = 1 << 14  # outputs reduced at a time by a block model (its term stack stays small)
 
 
-def input_exponents(x: np.ndarray, fmt: Format | None = None) -> np.ndarray:
-    """Each value's exponent floor(log2|x|) as a matrix unit reads it: at least fmt's
-    minimum exponent (a subnormal input takes it), NO_EXPONENT for a zero."""
+def input_exponents(x: np.ndarray, fmt: Format | None = None, model=None) -> np.ndarray:
+    """Each value's exponent floor(log2|x|) as a matrix unit reads it: at least the model's
+    input_emin or else fmt's minimum exponent (a subnormal input takes it), NO_EXPONENT
+    for a zero."""
     mag = np.abs(x)
     used = (mag > 0) & np.isfinite(mag)
     e = np.frexp(np.where(used, mag, 1.0))[1] - 1
-    if fmt is not None:
-        e = np.maximum(e, fmt.min_exponent)
+    unit = model.inner if isinstance(model, Chunked) else model
+    floor = getattr(unit, "input_emin", None)
+    if floor is None and fmt is not None:
+        floor = fmt.min_exponent
+    if floor is not None:
+        e = np.maximum(e, floor)
     return np.where(used, e, NO_EXPONENT).astype(np.int64)
 
 
@@ -99,7 +104,7 @@ def _matmul2(a: np.ndarray, b: np.ndarray, model: Model, formats: tuple) -> np.n
     rows = a.shape[0] if isinstance(model, Sequential) else max(1, _TILE // max(b.shape[1], 1))
     out = np.empty((a.shape[0], b.shape[1]))
     by_exponents = uses_exponents(model)
-    eb = input_exponents(b, formats[1]) if by_exponents else None
+    eb = input_exponents(b, formats[1], model) if by_exponents else None
     for i in range(0, a.shape[0], rows):
         at = np.ascontiguousarray(a[i:i + rows].T)
         shape = (at.shape[1], b.shape[1])
@@ -107,7 +112,7 @@ def _matmul2(a: np.ndarray, b: np.ndarray, model: Model, formats: tuple) -> np.n
         if not by_exponents:
             out[i:i + rows] = model.reduce(*terms)
             continue
-        eat = input_exponents(at, formats[0])
+        eat = input_exponents(at, formats[0], model)
         out[i:i + rows] = model.reduce(
             *terms, lambda k0, k1, eat=eat: eat[k0:k1, :, None] + eb[k0:k1, None, :])
     return out

@@ -6,7 +6,7 @@ float32 result; n is the instruction's k, and longer K is walked by chaining blo
 Khattak & Mikaitis, "Accurate Models of NVIDIA Tensor Cores", arXiv 2512.07004 (models and
 the measured vectors in tests/data/gpu-vectors); Fasi, Higham, Mikaitis & Pranesh 2021,
 "Numerical behavior of NVIDIA tensor cores"; MMA-Sim, arXiv 2511.10909. Every row with a
-measured configuration reproduces it bit for bit, except where docs/hardware.md says not.
+measured configuration reproduces it bit for bit (docs/hardware.md).
 The *_PROMOTED rows add the FP8 GEMMs' promotion to float32 every 128 products along K
 (DeepSeek-V3 technical report §3.3). `HARDWARE` maps the names to the rows.
 """
@@ -29,8 +29,14 @@ A100_FP16, A100_TF32 = _unit(8, 24), _unit(4, 24)            # Ampere: F = 24
 ADA_FP16, ADA_TF32, ADA_FP8 = _unit(8, 24), _unit(4, 24), _unit(16, 13, E8M13)
 H100_FP16, H100_TF32, H100_FP8 = _unit(16, 25), _unit(8, 25), _unit(32, 13, E8M13)
 B200_FP16, B200_TF32 = _unit(16, 25), _unit(8, 25)           # Hopper/Blackwell: F = 25
-B200_FP8 = _unit(32, 25)  # not yet bit-exact: docs/hardware.md
+# mma.sync fp8 on B200 and Hopper: float16 copies of the inputs, two blocks of 16 over
+# interleaved pairs, C added at the end rounded to nearest (Khattak & Mikaitis 2025;
+# the measured B200 fp8 and H100 fp8-to-float16 results)
+B200_FP8 = BlockFMA(16, 25, True, "toward_zero", float32, align="exponents", k=32,
+                    order="pairs", accumulator="last", input_emin=-14)
+H100_FP8_SYNC = B200_FP8  # H100's fp8 mma.sync (its wgmma is H100_FP8)
 H200_FP16, H200_TF32, H200_FP8 = H100_FP16, H100_TF32, H100_FP8  # the same chip model
+H200_FP8_SYNC = H100_FP8_SYNC
 ADA_FP8_PROMOTED = Chunked(128, ADA_FP8, Sequential(float32, fma=False))
 H100_FP8_PROMOTED = Chunked(128, H100_FP8, Sequential(float32, fma=False))
 H200_FP8_PROMOTED = H100_FP8_PROMOTED

@@ -45,7 +45,8 @@ def mma(a, b, c=None, *, model: BlockFMA, out: Format | str | None = None) -> np
     (..., M, N): values of the output register (float32, or float16 for out="float16"), or
     None for zeros. out: the output format,
     default the model's accumulator (float32); "float16" rounds each block to nearest even
-    in float16, as the fp16-output instructions do. Returns out's storage array.
+    in float16, as the fp16-output instructions do. Returns out's storage array; a NaN
+    result is the units' canonical NaN, 0x7FFFFFFF (float32) or 0x7FFF (float16).
     """
     if not isinstance(model, BlockFMA) or not model.include_accumulator:
         raise ValueError(f"mma needs a BlockFMA model that adds C inside the block (a "
@@ -73,8 +74,14 @@ def mma(a, b, c=None, *, model: BlockFMA, out: Format | str | None = None) -> np
     d = np.empty(shape)
     for i in np.ndindex(batch):
         at, bt = np.ascontiguousarray(av[i].T), bv[i]
-        eat, eb = input_exponents(at, fa), input_exponents(bt, fb)
+        eat, eb = input_exponents(at, fa, model), input_exponents(bt, fb, model)
         d[i] = model.reduce(K, lambda k0, k1: products(at, bt, k0, k1), (M, N),
                             lambda k0, k1: eat[k0:k1, :, None] + eb[k0:k1, None, :],
                             c=cv[i], out=fmt, mode=mode)
-    return round_to(d, fmt)  # d holds fmt values: this only stores them
+    stored = round_to(d, fmt)  # d holds fmt values: this only stores them
+    nan = np.isnan(d)
+    if nan.any():  # the units' canonical NaN: all fraction bits set, sign clear
+        words = stored.view(np.uint32 if stored.itemsize == 4 else np.uint16).copy()
+        words[nan] = 0x7FFFFFFF if stored.itemsize == 4 else 0x7FFF
+        stored = words.view(stored.dtype)
+    return stored

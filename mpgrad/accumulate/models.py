@@ -180,6 +180,14 @@ class BlockFMA:
     smallest normal takes the format's minimum exponent, and c's exponent is floor(log2|c|).
     The drivers supply the inputs' exponents for matrix products (mma, matmul_model);
     for a plain sum the terms' own exponents are used, which is align="value".
+    input_emin, when given, replaces the formats' minimum exponents (fp8 instructions that
+    work on float16 copies of their inputs: -14).
+
+    An instruction of k products (default n) is walked as k/n blocks: of consecutive
+    products (order="consecutive"), or of interleaved pairs (order="pairs": products
+    2j, 2j+1 go to block j mod k/n). With accumulator="first" C joins the first block;
+    with "last" the blocks start from +0 and C is added to their result at the end with one
+    rounding in late_mode (B200's and Hopper's mma.sync fp8: Khattak & Mikaitis 2025).
     """
 
     n: int = 16
@@ -188,6 +196,11 @@ class BlockFMA:
     mode: str = "toward_zero"
     acc: Format = float32
     align: str = "value"
+    k: int | None = None
+    order: str = "consecutive"
+    accumulator: str = "first"
+    late_mode: str = "nearest_even"
+    input_emin: int | None = None
 
     def __post_init__(self) -> None:
         _check_common(self)
@@ -195,6 +208,15 @@ class BlockFMA:
             raise ValueError(f"n must be an int >= 1, got {self.n!r}")
         if self.align not in ("value", "exponents"):
             raise ValueError(f"align must be 'value' or 'exponents', got {self.align!r}")
+        if self.k is not None and (not isinstance(self.k, int) or self.k < 1
+                                   or self.k % self.n):
+            raise ValueError(f"k must be a multiple of n = {self.n}, got {self.k!r}")
+        if self.order not in ("consecutive", "pairs"):
+            raise ValueError(f"order must be 'consecutive' or 'pairs', got {self.order!r}")
+        if self.accumulator not in ("first", "last"):
+            raise ValueError(f"accumulator must be 'first' or 'last', got {self.accumulator!r}")
+        if self.late_mode not in MODES[:-1]:
+            raise ValueError(f"late_mode must be a deterministic mode, got {self.late_mode!r}")
         # bits the exact sum of n + 1 terms can add (one more: a product may reach 2**(E+2))
         width = int(self.n + 1).bit_length() + (self.align == "exponents")
         if not isinstance(self.fraction_bits, int) or not 0 <= self.fraction_bits <= 52 - width:
@@ -239,22 +261,43 @@ class BlockFMA:
     def reduce(self, K: int, terms: Terms, shape: tuple, exponents: Terms | None = None,
                c: np.ndarray | None = None, out: Format | None = None,
                mode: str | None = None) -> np.ndarray:
-        """Reduce K terms block by block with an (shape) accumulator starting at c (+0),
-        each block rounded to out in mode (default: acc in the model's mode); exponents(k0,
-        k1) gives the terms' exponents for align="exponents"."""
+        """Reduce K terms instruction by instruction with an (shape) accumulator starting at
+        c (+0), each block rounded to out in mode (default: acc in the model's mode);
+        exponents(k0, k1) gives the terms' exponents for align="exponents"."""
         c = np.zeros(shape) if c is None else c
-        for k0 in range(0, K, self.n):
-            k1 = min(k0 + self.n, K)
+        width = self.k or self.n
+        for k0 in range(0, K, width):
+            k1 = min(k0 + width, K)
             e = None if exponents is None else exponents(k0, k1)
-            if self.include_accumulator:
-                c = self.block(terms(k0, k1), c, e, out, mode)
-            else:
-                c = _add(c, self.block(terms(k0, k1), None, e), out or self.acc,
-                         mode or self.mode)
+            c = self._instruction(terms(k0, k1), e, c, out or self.acc, mode or self.mode)
         return c
+
+    def _blocks(self, size: int) -> list:
+        """The term indices of each block of an instruction of `size` terms."""
+        blocks = max(1, (self.k or self.n) // self.n)
+        j = np.arange(size)
+        if self.order == "pairs":
+            return [j[(j // 2) % blocks == b] for b in range(blocks) if size > 2 * b]
+        return [j[k0:k0 + self.n] for k0 in range(0, size, self.n)]
+
+    def _instruction(self, t, e, c, out: Format, mode: str) -> np.ndarray:
+        """One instruction: its blocks chained, with C first (or late, or per block)."""
+        acc = c if self.accumulator == "first" else None
+        for cols in self._blocks(len(t)):
+            eb = None if e is None else e[cols]
+            if not self.include_accumulator:
+                c = _add(c, self.block(t[cols], None, eb), out, mode)
+            else:
+                acc = self.block(t[cols], acc, eb, out, mode)
+        if not self.include_accumulator:
+            return c
+        return acc if self.accumulator == "first" else _add(acc, c, out, self.late_mode)
 
     def bound(self, K: int, T: Bound, shape: tuple, s_abs=None) -> tuple:
         """(err, mag) for K >= 1 terms (see error_bound)."""
+        # Valid when each item's exponent is at most floor(log2|item|): always for
+        # align="value", and for align="exponents" when no input lies below its format's
+        # smallest normal or below 2**input_emin (the unit then aligns it higher).
         # Per block b (terms t_j, j in the block, plus c when include_accumulator): with
         # E = max floor(log2 |x|) over the items, 2^E <= max |x|, and truncating each item
         # toward zero to a multiple of 2^(E - F) loses less than 2^(E - F) (an item below
@@ -267,22 +310,40 @@ class BlockFMA:
         # Without include_accumulator the block sum is rounded (error
         # eb = |tau| + delta (T_b + |tau|) + eta, with tau <= n_b 2^-F T_b) and then
         # c_b = fl(c_{b-1} + that):  e_b <= e_{b-1} + eb + delta (S_b + e_{b-1} + eb) + eta.
+        # With order="pairs" a block's terms are not contiguous: T of the whole instruction
+        # bounds each block's T_b. With accumulator="last" each instruction's blocks run
+        # from +0 (c = 0 above) and C is added at the end: one more rounding in late_mode,
+        #   e <= e_C + e_blocks + delta' (S + e_C + e_blocks) + eta'.
         delta, eta = round_params(self.acc, self.mode)
+        late = round_params(self.acc, self.late_mode)
         f = 2.0 ** -self.fraction_bits
         e, S = np.zeros(shape), np.zeros(shape)
-        for k0 in range(0, K, self.n):
-            k1 = min(k0 + self.n, K)
-            Tb = T(k0, k1)
-            if self.include_accumulator:
-                tau = (k1 - k0 + 1) * f * (S + e + Tb)
-                S = S + Tb
-                e = (e + tau) * (1 + delta) + delta * S + eta
+        width = self.k or self.n
+        for i0 in range(0, K, width):
+            i1 = min(i0 + width, K)
+            last = self.include_accumulator and self.accumulator == "last"
+            eb_, Sb_ = (np.zeros(shape), np.zeros(shape)) if last else (e, S)
+            for cols in self._blocks(i1 - i0):
+                k0, k1 = i0 + int(cols[0]), i0 + int(cols[-1]) + 1
+                Tb = T(i0, i1) if self.order == "pairs" else T(k0, k1)
+                eb_, Sb_ = self._block_bound(len(cols), Tb, eb_, Sb_, delta, eta, f)
+            if last:
+                S = S + Sb_
+                e = e + eb_ + late[0] * (S + e + eb_) + late[1]
             else:
-                tau = (k1 - k0) * f * Tb
-                eb = tau + delta * (Tb + tau) + eta
-                S = S + Tb
-                e = e + eb + delta * (S + e + eb) + eta
+                e, S = eb_, Sb_
         return e, S + e
+
+    def _block_bound(self, n_b: int, Tb, e, S, delta: float, eta: float, f: float) -> tuple:
+        """(e, S) after one block of n_b terms with |terms| summing to at most Tb."""
+        if self.include_accumulator:
+            tau = (n_b + 1) * f * (S + e + Tb)
+            S = S + Tb
+            return (e + tau) * (1 + delta) + delta * S + eta, S
+        tau = n_b * f * Tb
+        eb = tau + delta * (Tb + tau) + eta
+        S = S + Tb
+        return e + eb + delta * (S + e + eb) + eta, S
 
 
 @dataclass(frozen=True)
