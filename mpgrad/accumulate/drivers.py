@@ -7,10 +7,11 @@ import numpy as np
 from ..numerics.exact_matmul import exact_matmul
 from ..numerics.formats import Format, float32, promote
 from ..numerics.rounding import round_to, to_float64
-from .models import MODELS, NO_EXPONENT, Chunked, Exact, Model, Sequential, uses_exponents
+from .models import (MODELS, NO_EXPONENT, Chunked, Exact, Model, Sequential, Terms,
+                     uses_exponents)
 
-__all__ = ["default_model", "check_inputs", "products", "input_exponents", "matmul_model", "dot",
-           "reduce_sum"]
+__all__ = ["default_model", "check_inputs", "products", "input_exponents", "product_exponents",
+           "matmul_model", "dot", "reduce_sum"]
 
 _LIMIT = 2.0 ** 500  # finite nonzero inputs must lie in [2**-500, 2**500]: nothing over/underflows
 
@@ -95,6 +96,13 @@ def input_exponents(x: np.ndarray, fmt: Format | None = None, model=None) -> np.
     return np.where(used, e, NO_EXPONENT).astype(np.int64)
 
 
+def product_exponents(at: np.ndarray, b: np.ndarray, formats: tuple, model) -> Terms:
+    """(k0, k1) -> the exponents a matrix unit reads for the products at[k, i] * b[k, j]:
+    the sums of their inputs' exponents (input_exponents), stacked as products() stacks."""
+    eat, eb = input_exponents(at, formats[0], model), input_exponents(b, formats[1], model)
+    return lambda k0, k1: eat[k0:k1, :, None] + eb[k0:k1, None, :]
+
+
 def _matmul2(a: np.ndarray, b: np.ndarray, model: Model, formats: tuple) -> np.ndarray:
     """One (M, K) @ (K, N) product under a model other than Exact (formats: the inputs'
     formats, for a model that aligns by their exponents)."""
@@ -103,18 +111,14 @@ def _matmul2(a: np.ndarray, b: np.ndarray, model: Model, formats: tuple) -> np.n
         return _sequential_float32(a, b, model)
     rows = a.shape[0] if isinstance(model, Sequential) else max(1, _TILE // max(b.shape[1], 1))
     out = np.empty((a.shape[0], b.shape[1]))
-    by_exponents = uses_exponents(model)
-    eb = input_exponents(b, formats[1], model) if by_exponents else None
     for i in range(0, a.shape[0], rows):
         at = np.ascontiguousarray(a[i:i + rows].T)
-        shape = (at.shape[1], b.shape[1])
-        terms = (a.shape[1], lambda k0, k1, at=at: products(at, b, k0, k1), shape)
-        if not by_exponents:
+        terms = (a.shape[1], lambda k0, k1, at=at: products(at, b, k0, k1),
+                 (at.shape[1], b.shape[1]))
+        if uses_exponents(model):
+            out[i:i + rows] = model.reduce(*terms, product_exponents(at, b, formats, model))
+        else:
             out[i:i + rows] = model.reduce(*terms)
-            continue
-        eat = input_exponents(at, formats[0], model)
-        out[i:i + rows] = model.reduce(
-            *terms, lambda k0, k1, eat=eat: eat[k0:k1, :, None] + eb[k0:k1, None, :])
     return out
 
 

@@ -12,19 +12,23 @@ import numpy as np
 
 from ..numerics.formats import Format, as_format, float16, float32, format_of_dtype, tf32
 from ..numerics.rounding import round_to, to_float64
-from .drivers import input_exponents, products
+from .drivers import product_exponents, products
 from .models import BlockFMA
 
 __all__ = ["mma"]
 
 
-def _operand(x, name: str) -> tuple[np.ndarray, Format]:
-    """x's storage array and format (a Tensor's own, or the storage dtype's; float32: tf32)."""
-    fmt = getattr(x, "dtype", None)
-    if isinstance(fmt, Format):  # an mpgrad Tensor
-        x = x.data
+def _storage(x) -> tuple[np.ndarray, Format | None]:
+    """x's storage array and its format: an mpgrad Tensor's own, else the dtype's."""
+    if isinstance(getattr(x, "dtype", None), Format):  # an mpgrad Tensor
+        return np.asarray(x.data), x.dtype
     x = np.asarray(x)
-    fmt = format_of_dtype(x.dtype) if not isinstance(fmt, Format) else fmt
+    return x, format_of_dtype(x.dtype)
+
+
+def _operand(x, name: str) -> tuple[np.ndarray, Format]:
+    """x's exact values and format (float32 storage: tf32, as the unit reads it)."""
+    x, fmt = _storage(x)
     if fmt is None or fmt.precision > float32.precision:
         raise TypeError(f"mma: {name} must be an array in the storage dtype of its format "
                         f"(float16, bfloat16, float8, or float32 holding tf32 values), "
@@ -43,9 +47,9 @@ def mma(a, b, c=None, *, model: BlockFMA, out: Format | str | None = None) -> np
     a (..., M, K) and b (..., K, N): arrays in their formats' storage dtypes, or mpgrad
     Tensors (the formats may differ, e.g. e4m3 x e5m2); batch dimensions broadcast. c
     (..., M, N): values of the output register (float32, or float16 for out="float16"), or
-    None for zeros. out: the output format,
-    default the model's accumulator (float32); "float16" rounds each block to nearest even
-    in float16, as the fp16-output instructions do. Returns out's storage array; a NaN
+    None for zeros. out: the output format, default the model's accumulator (float32);
+    "float16" rounds each block to nearest even in float16, as the fp16-output
+    instructions do. Returns out's storage array; a NaN
     result is the units' canonical NaN, 0x7FFFFFFF (float32) or 0x7FFF (float16).
     """
     if not isinstance(model, BlockFMA) or not model.include_accumulator:
@@ -63,8 +67,7 @@ def mma(a, b, c=None, *, model: BlockFMA, out: Format | str | None = None) -> np
     batch = np.broadcast_shapes(av.shape[:-2], bv.shape[:-2])
     M, K, N = av.shape[-2], av.shape[-1], bv.shape[-1]
     shape = batch + (M, N)
-    cv = np.zeros(shape) if c is None else to_float64(np.broadcast_to(
-        np.asarray(c.data if isinstance(getattr(c, "dtype", None), Format) else c), shape))
+    cv = np.zeros(shape) if c is None else to_float64(np.broadcast_to(_storage(c)[0], shape))
     register = format_of_dtype(fmt.storage)  # C and D live in float32 or float16 registers
     if c is not None and not np.array_equal(to_float64(round_to(cv, register)), cv,
                                             equal_nan=True):
@@ -74,9 +77,8 @@ def mma(a, b, c=None, *, model: BlockFMA, out: Format | str | None = None) -> np
     d = np.empty(shape)
     for i in np.ndindex(batch):
         at, bt = np.ascontiguousarray(av[i].T), bv[i]
-        eat, eb = input_exponents(at, fa, model), input_exponents(bt, fb, model)
         d[i] = model.reduce(K, lambda k0, k1: products(at, bt, k0, k1), (M, N),
-                            lambda k0, k1: eat[k0:k1, :, None] + eb[k0:k1, None, :],
+                            product_exponents(at, bt, (fa, fb), model),
                             c=cv[i], out=fmt, mode=mode)
     stored = round_to(d, fmt)  # d holds fmt values: this only stores them
     nan = np.isnan(d)

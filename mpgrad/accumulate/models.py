@@ -224,7 +224,7 @@ class BlockFMA:
                              f"{self.n} (the aligned sum must be exact in float64), "
                              f"got {self.fraction_bits!r}")
 
-    def block(self, t: np.ndarray, c: np.ndarray | None, e: np.ndarray | None = None,
+    def _block(self, t: np.ndarray, c: np.ndarray | None, e: np.ndarray | None = None,
               out: Format | None = None, mode: str | None = None) -> np.ndarray:
         """Align, truncate, add exactly and round (to out in mode; default acc in the model's
         mode) a stack t of terms (block axis first), with the accumulator c when given.
@@ -286,9 +286,9 @@ class BlockFMA:
         for cols in self._blocks(len(t)):
             eb = None if e is None else e[cols]
             if not self.include_accumulator:
-                c = _add(c, self.block(t[cols], None, eb), out, mode)
+                c = _add(c, self._block(t[cols], None, eb), out, mode)
             else:
-                acc = self.block(t[cols], acc, eb, out, mode)
+                acc = self._block(t[cols], acc, eb, out, mode)
         if not self.include_accumulator:
             return c
         return acc if self.accumulator == "first" else _add(acc, c, out, self.late_mode)

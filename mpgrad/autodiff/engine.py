@@ -112,9 +112,9 @@ def _record(op: Op, out: Tensor, inputs: tuple, args: tuple, params: dict) -> Te
     return out
 
 
-def _same_storage(t: Tensor, fmt: Format) -> bool:
-    """Whether t already is a tensor of fmt: an equal format in the same storage dtype."""
-    return t.dtype == fmt and t.data.dtype == fmt.storage
+def _stored_as(data: np.ndarray, dtype: Format, fmt: Format) -> bool:
+    """Whether data of format dtype already is fmt's: an equal format in fmt's storage."""
+    return dtype == fmt and data.dtype == fmt.storage
 
 
 # The gradient passes straight through and is rounded back to the source format.
@@ -128,7 +128,7 @@ def cast(x, dtype: Format | str, mode: str = "nearest_even", *, rng=None) -> Ten
         if x is None:
             raise TypeError("cannot cast None to a tensor")
         return Tensor._wrap(round_to(np.asarray(x), fmt, mode, rng=rng), fmt)
-    if _same_storage(x, fmt):
+    if _stored_as(x.data, x.dtype, fmt):
         return x
     out = Tensor._wrap(round_to(x.data, fmt, mode, rng=rng), fmt)
     if not (is_grad_enabled() and x.requires_grad):
@@ -218,7 +218,7 @@ def unbroadcast(g: Tensor, x: Tensor, model=None) -> Tensor:
         flat = np.transpose(to_float64(data), kept + axes)
         flat = flat.reshape(flat.shape[:len(kept)] + (-1,))
         data = round_to(reduce_sum(flat, -1, model or default_model(fmt)), fmt).reshape(x.shape)
-    if not _same_storage(Tensor._wrap(data, fmt), x.dtype):
+    if not _stored_as(data, fmt, x.dtype):
         data = round_to(data, x.dtype)
     return Tensor._wrap(data, x.dtype)
 
