@@ -73,19 +73,40 @@ def ref_reduce(m, terms: list, exps: list | None = None) -> float:
             s = _plus(s, t if m.fma else _rnd(t, m.acc, m.mode), m.acc, m.mode)
         return s
     if isinstance(m, Pairwise):
+        def r(t):  # a term rounded to acc, as an exact Fraction where finite
+            v = _rnd(t, m.acc, m.mode)
+            return Fraction(v) if math.isfinite(v) else v
+
+        def add(x, y):
+            return _plus(x, Fraction(y) if math.isfinite(y) else y, m.acc, m.mode)
+
         def part(ts):
-            if len(ts) <= m.block:
-                s = _rnd(ts[0], m.acc, m.mode)
+            if m.rule == "numpy" and len(ts) < 8:  # one at a time onto +0
+                s = 0.0
+                for t in ts:
+                    s = add(s, float(r(t)))
+                return s
+            if m.rule == "numpy" and len(ts) <= m.block:
+                lanes = [float(r(t)) for t in ts[:8]]
+                whole = len(ts) - len(ts) % 8
+                for i in range(8, whole):
+                    lanes[i % 8] = add(lanes[i % 8], float(r(ts[i])))
+                p = [add(lanes[j], lanes[j + 1]) for j in (0, 2, 4, 6)]
+                s = add(add(p[0], p[1]), add(p[2], p[3]))
+                for t in ts[whole:]:
+                    s = add(s, float(r(t)))
+                return s
+            if m.rule == "halving" and len(ts) <= m.block:
+                s = float(r(ts[0]))
                 for t in ts[1:]:
-                    s = _plus(s, Fraction(_rnd(t, m.acc, m.mode)) if math.isfinite(
-                        _rnd(t, m.acc, m.mode)) else _rnd(t, m.acc, m.mode),
-                        m.acc, m.mode)
+                    s = add(s, float(r(t)))
                 return s
             h = len(ts) // 2
-            right = part(ts[h:])
-            return _plus(part(ts[:h]), Fraction(right) if math.isfinite(right) else right,
-                         m.acc, m.mode)
-        return part(terms) if terms else 0.0
+            h -= h % 8 if m.rule == "numpy" else 0
+            return add(part(ts[:h]), part(ts[h:]))
+        if not terms:
+            return 0.0
+        return add(0.0, part(terms)) if m.rule == "numpy" else part(terms)
     if isinstance(m, BlockFMA):
         width = m.k or m.n
         c = 0.0
@@ -157,6 +178,7 @@ MODELS = [
     Exact(), Exact("float16", "toward_zero"), Sequential(), Sequential("float16", fma=False),
     Sequential(order="reverse"), Sequential("float16", order="reverse"),
     Sequential("bfloat16", mode="up"), Pairwise(), Pairwise("float16", block=3),
+    Pairwise("float16", block=16, rule="numpy"), acc.software.NUMPY,
     hardware.H100_FP16, hardware.V100_FP16, hardware.H100_FP8, hardware.B200_FP8,
     BlockFMA(4, 5, include_accumulator=False, mode="nearest_even", acc="float16"),
     BlockFMA(3, 8, mode="down", acc="bfloat16"),
@@ -282,6 +304,7 @@ def test_frozen_and_hashable():
     lambda: BlockFMA(n=0), lambda: BlockFMA(fraction_bits=60), lambda: BlockFMA(32, 47),
     lambda: BlockFMA(mode="stochastic"), lambda: Sequential(mode="nearest"),
     lambda: Sequential(fma=1), lambda: Sequential(order="backward"), lambda: Pairwise(block=0),
+    lambda: Pairwise(rule="numpy", block=4), lambda: Pairwise(rule="fast"),
     lambda: Chunked(chunk=0),
     lambda: Chunked(inner=3), lambda: Exact("nope"), lambda: Chunked(4, outer="float32"),
 ])
@@ -314,3 +337,35 @@ def test_sum_of_negative_zeros_is_negative_zero(model):
     out = acc.reduce_sum(np.array([[-0.0, -0.0, -0.0]]), -1, model)
     assert np.signbit(out).all() and (out == 0).all()
     assert not np.signbit(acc.reduce_sum(np.array([[-0.0, -0.0]]), -1, Sequential())).any()
+
+
+NP_SIZES = [1, 2, 7, 8, 9, 15, 16, 17, 100, 127, 128, 129, 136, 255, 256, 300, 1000, 4097,
+            100003]
+
+
+NUMPY_2 = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64],
+                         ids=lambda d: d.__name__)
+def test_numpy_model_reproduces_np_sum(dtype):
+    """The NumPy presets give np.sum's bits for contiguous arrays of every length here
+    (NumPy 1 chunks by its 8192-element buffer; its float16 chunking is not modelled)."""
+    rng = np.random.default_rng(11)
+    sw = acc.software
+    model = {(True, False): sw.NUMPY, (True, True): sw.NUMPY_FLOAT64,
+             (False, False): sw.NUMPY_1, (False, True): sw.NUMPY_1_FLOAT64}[
+                 NUMPY_2, dtype == np.float64]
+    sizes = NP_SIZES if NUMPY_2 or dtype != np.float16 else [n for n in NP_SIZES if n <= 8192]
+    for n in sizes:
+        x = (rng.standard_normal(n) * 2.0 ** rng.integers(-8, 9, n)).astype(dtype)
+        got = acc.reduce_sum(x, 0, model).astype(dtype)
+        assert got.tobytes() == np.sum(x).tobytes(), n
+
+
+def test_numpy_model_differs_from_halving():
+    """The two pairwise rules are different trees: on 100003 float32 terms they disagree."""
+    x = (np.random.default_rng(3).standard_normal(100003) * 1e3).astype(np.float32)
+    halving = acc.reduce_sum(x, 0, Pairwise(block=128)).astype(np.float32)
+    numpy = acc.software.NUMPY if NUMPY_2 else acc.software.NUMPY_1
+    assert halving != np.sum(x) and acc.reduce_sum(x, 0, numpy) == np.sum(x)

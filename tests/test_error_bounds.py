@@ -5,7 +5,7 @@ import pytest
 
 import mpgrad
 from mpgrad.accumulate import (BlockFMA, Chunked, Exact, Pairwise, Sequential, hardware,
-                               matmul_model)
+                               matmul_model, software)
 from mpgrad.numerics.formats import bfloat16, float8_e4m3fn, float8_e5m2, float16, float32
 from mpgrad.numerics.rounding import round_to, to_float64
 from mpgrad.testing import accumulation_error_bound, assert_matmul_close
@@ -19,6 +19,8 @@ MODELS = {
     "seq_bf16": Sequential(bfloat16),
     "pairwise": Pairwise(float32),
     "pairwise_b1_up": Pairwise(float32, block=1, mode="up"),
+    "numpy_rule": Pairwise(float32, block=16, rule="numpy", mode="up"),
+    "NUMPY": software.NUMPY,
     "chunked": Chunked(32, Sequential(float16), Sequential(float32)),
     "chunked_exact": Chunked(64, Pairwise(float32), Exact(float32)),
     "blockfma_noacc": BlockFMA(8, 20, include_accumulator=False),

@@ -1,7 +1,7 @@
 """The accumulation layer: how a dot product or a sum is added up (models as data), the
 drivers that apply a model to matrix products and sums, hardware presets and error bounds."""
 
-from . import hardware
+from . import hardware, software
 from .bounds import accumulation_error_bound
 from .drivers import check_inputs, default_model, dot, matmul_model, products, reduce_sum
 from .hardware import HARDWARE
@@ -10,5 +10,5 @@ from .models import (MODELS, BlockFMA, Chunked, Exact, Model, Pairwise, Sequenti
                      error_bound)
 
 __all__ = ["Exact", "Sequential", "Pairwise", "Chunked", "BlockFMA", "Model", "MODELS",
-           "hardware", "HARDWARE", "dot", "matmul_model", "reduce_sum", "default_model",
+           "hardware", "software", "HARDWARE", "dot", "matmul_model", "reduce_sum", "default_model",
            "check_inputs", "products", "error_bound", "accumulation_error_bound", "mma"]

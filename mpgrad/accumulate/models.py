@@ -119,44 +119,71 @@ class Sequential:
 
 @dataclass(frozen=True)
 class Pairwise:
-    """Pairwise summation of the terms rounded to acc (Higham §4.2).
+    """Pairwise summation of the terms rounded to acc (Higham §4.2), by one of two rules.
 
-    Split rule: P(k0, n) = sequential sum (round after each addition, starting from the
-    first term) when n <= block, else round(P(k0, n//2) + P(k0 + n//2, n - n//2)).
-    (NumPy's rule differs in detail: 8 strided partial sums inside blocks of 128.)
+    rule="halving": P(k0, n) = sequential sum (round after each addition, starting from
+    the first term) when n <= block, else round(P(k0, n//2) + P(k0 + n//2, n - n//2)).
+    rule="numpy": NumPy's pairwise_sum (numpy/_core/src/umath/loops_utils.h.src, with
+    block = PW_BLOCKSIZE = 128): n < 8 terms are added one at a time to +0; up to block
+    terms go to 8 strided partial sums r_j = t_j + t_{j+8} + ..., combined as
+    ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)), then the n mod 8 left over added one at a time;
+    longer runs split at n2 = n//2 - (n//2 mod 8). The reduction starts from the identity
+    +0, so a zero result is +0 (np.sum of float16 accumulates in float32: acc=float32).
     """
 
     acc: Format = float32
     block: int = 8
     mode: str = "nearest_even"
+    rule: str = "halving"
 
     def __post_init__(self) -> None:
         _check_common(self)
-        if not isinstance(self.block, int) or self.block < 1:
-            raise ValueError(f"block must be an int >= 1, got {self.block!r}")
+        if self.rule not in ("halving", "numpy"):
+            raise ValueError(f"rule must be 'halving' or 'numpy', got {self.rule!r}")
+        low = 8 if self.rule == "numpy" else 1  # the numpy rule's 8 partial sums
+        if not isinstance(self.block, int) or self.block < low:
+            raise ValueError(f"block must be an int >= {low}, got {self.block!r}")
+
+    def _chain(self, s: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """s + ts[0] + ts[1] + ..., each term rounded to acc, one rounding per addition."""
+        for t in ts:
+            s = _add(s, _round(t, self.acc, self.mode), self.acc, self.mode)
+        return s
 
     def _part(self, k0: int, n: int, terms: Terms) -> np.ndarray:
         """The pairwise sum of terms k0 .. k0+n-1 (n >= 1)."""
-        if n <= self.block:
-            s = _round(terms(k0, k0 + 1)[0], self.acc, self.mode)
-            for k in range(k0 + 1, k0 + n):
-                s = _add(s, _round(terms(k, k + 1)[0], self.acc, self.mode),
-                         self.acc, self.mode)
-            return s
-        h = n // 2
+        if self.rule == "halving":
+            if n <= self.block:
+                first = terms(k0, k0 + n)
+                return self._chain(_round(first[0], self.acc, self.mode), first[1:])
+        elif n < 8:
+            return self._chain(np.zeros(terms(k0, k0 + 1).shape[1:]), terms(k0, k0 + n))
+        elif n <= self.block:
+            ts = terms(k0, k0 + n)
+            whole = n - n % 8
+            r = _round(ts[:8], self.acc, self.mode)
+            for i in range(8, whole, 8):
+                r = _add(r, _round(ts[i:i + 8], self.acc, self.mode), self.acc, self.mode)
+            while len(r) > 1:  # (r0 + r1), (r2 + r3), ... then their sums, as a tree
+                r = _add(r[0::2], r[1::2], self.acc, self.mode)
+            return self._chain(r[0], ts[whole:])
+        h = n // 2 if self.rule == "halving" else n // 2 - (n // 2) % 8
         return _add(self._part(k0, h, terms), self._part(k0 + h, n - h, terms),
                     self.acc, self.mode)
 
     def reduce(self, K: int, terms: Terms, shape: tuple) -> np.ndarray:
         """Reduce K terms by recursive halving (an empty sum is +0)."""
-        return np.zeros(shape) if K == 0 else self._part(0, K, terms)
+        if K == 0:
+            return np.zeros(shape)
+        s = self._part(0, K, terms)
+        return _add(np.zeros(shape), s, self.acc, self.mode) if self.rule == "numpy" else s
 
     def bound(self, K: int, T: Bound, shape: tuple, s_abs=None) -> tuple:
         """(err, mag) for K >= 1 terms (see error_bound)."""
-        # Every term is rounded to acc, then K - 1 additions: R = 2K - 1, and the depth
-        # below (<= K; ~ block + log2(K / block)).
-        err = tree_bound(T(0, K), pairwise_depth(K, self.block), 2 * K - 1, self.acc,
-                         self.mode)
+        # Every term is rounded to acc, then at most K additions (K - 1, and the numpy
+        # rule's +0 start): R = 2K, and the depth below (<= K + 4).
+        err = tree_bound(T(0, K), pairwise_depth(K, self.block, self.rule), 2 * K,
+                         self.acc, self.mode)
         return err, T(0, K) + err
 
 

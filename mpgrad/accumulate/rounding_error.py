@@ -37,13 +37,25 @@ def tree_bound(T: np.ndarray, d: int, R: int, fmt: Format, mode: str) -> np.ndar
     return gamma(d, delta) * T + R * eta / (1 - d * delta)
 
 
-def pairwise_depth(n: int, block: int) -> int:
-    """Most roundings on a leaf's path in Pairwise(block) over n >= 1 terms.
+def pairwise_depth(n: int, block: int, rule: str = "halving") -> int:
+    """Most roundings on a leaf's path in Pairwise(block, rule) over n >= 1 terms.
 
-    A leaf block of n <= block terms: each term is rounded to acc (1) and the first one
-    then passes the n - 1 additions (1 + n - 1 = n); a split adds one rounding above the
-    deeper half, which is the larger one, n - n//2.  This is <= n, so gamma_K also holds.
+    "halving": a leaf block of n <= block terms: each term is rounded to acc (1) and the
+    first one then passes the n - 1 additions (1 + n - 1 = n); a split adds one rounding
+    above the deeper half, which is the larger one, n - n//2.  "numpy": a run of n < 8
+    passes 1 + n roundings (the first addition is to +0); up to block, a partial sum's
+    first term passes 1 + (n//8 - 1) additions, the 3 levels combining the 8 sums and the
+    n mod 8 left over; a split adds one above the deeper part; then the final + 0.
     """
+    if rule == "numpy":
+        def depth(m: int) -> int:
+            if m < 8:
+                return 1 + m
+            if m <= block:
+                return 1 + (m // 8 - 1) + 3 + m % 8
+            h = m // 2 - (m // 2) % 8
+            return 1 + max(depth(h), depth(m - h))
+        return depth(n) + 1
     depth = 1
     while n > block:
         n, depth = n - n // 2, depth + 1
