@@ -12,7 +12,7 @@ from .numerics import (FORMATS, MODES, STOCHASTIC_BITS, Description, Format, Rou
                        next_down, next_up, promote, record_rounding, round_to, tf32, to_bits,
                        to_float64, ulp, ulp_distance)
 from . import accumulate
-from .accumulate import hardware, mma
+from .accumulate import hardware, mma, probe
 from .autodiff import (Policy, Tensor, arange, autocast, enable_grad, full, is_grad_enabled,
                        no_grad, ones, rand, randn, tensor, use_policy, zeros)
 from . import ops
@@ -28,6 +28,6 @@ __all__ = [
     "MODES", "STOCHASTIC_BITS", "RoundingStats", "record_rounding", "round_to", "to_float64",
     "enable_grad", "is_grad_enabled", "no_grad", "Policy", "autocast", "promote", "use_policy",
     "Tensor", "arange", "full", "ones", "rand", "randn", "tensor", "zeros", "ops", "testing",
-    "accumulate", "hardware", "mma", "amp", "nn", "optim",
+    "accumulate", "hardware", "mma", "probe", "amp", "nn", "optim",
     *ops.__all__,
 ]

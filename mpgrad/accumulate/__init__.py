@@ -3,12 +3,31 @@ drivers that apply a model to matrix products and sums, hardware presets and err
 
 from . import hardware, software
 from .bounds import accumulation_error_bound
-from .drivers import check_inputs, default_model, dot, matmul_model, products, reduce_sum
+from .drivers import (
+                     check_inputs,
+                     default_model,
+                     dot,
+                     matmul_model,
+                     products,
+                     reduce_sum,
+)
 from .hardware import HARDWARE
 from .mma import mma
-from .models import (MODELS, BlockFMA, Chunked, Exact, Model, Pairwise, Sequential,
-                     error_bound)
+from .models import (
+                     MODELS,
+                     BlockFMA,
+                     Chunked,
+                     Exact,
+                     Model,
+                     Pairwise,
+                     Sequential,
+                     Tree,
+                     error_bound,
+)
+from .order import summation_tree
+from .probing import ProbeError, ProbeResult, probe
 
-__all__ = ["Exact", "Sequential", "Pairwise", "Chunked", "BlockFMA", "Model", "MODELS",
+__all__ = ["Exact", "Sequential", "Pairwise", "Chunked", "BlockFMA", "Tree", "Model", "MODELS",
            "hardware", "software", "HARDWARE", "dot", "matmul_model", "reduce_sum", "default_model",
-           "check_inputs", "products", "error_bound", "accumulation_error_bound", "mma"]
+           "check_inputs", "products", "error_bound", "accumulation_error_bound", "mma",
+           "summation_tree", "probe", "ProbeResult", "ProbeError"]

@@ -24,7 +24,7 @@ from ..numerics.formats import Format, as_format, float32
 from ..numerics.rounding import MODES, round_to, to_float64
 from .rounding_error import U53, pairwise_depth, round_params, tree_bound
 
-__all__ = ["Exact", "Sequential", "Pairwise", "Chunked", "BlockFMA", "Model", "MODELS",
+__all__ = ["Exact", "Sequential", "Pairwise", "Chunked", "BlockFMA", "Tree", "Model", "MODELS",
            "error_bound", "NO_EXPONENT", "uses_exponents"]
 
 Terms = Callable[[int, int], np.ndarray]  # (k0, k1) -> exact terms k0..k1-1 on a first axis
@@ -140,7 +140,7 @@ class Pairwise:
         _check_common(self)
         if self.rule not in ("halving", "numpy"):
             raise ValueError(f"rule must be 'halving' or 'numpy', got {self.rule!r}")
-        low = 8 if self.rule == "numpy" else 1  # the numpy rule's 8 partial sums
+        low = 16 if self.rule == "numpy" else 1  # a split must leave 8 terms a side
         if not isinstance(self.block, int) or self.block < low:
             raise ValueError(f"block must be an int >= {low}, got {self.block!r}")
 
@@ -299,7 +299,7 @@ class BlockFMA:
             c = self._instruction(terms(k0, k1), e, c, out or self.acc, mode or self.mode)
         return c
 
-    def _blocks(self, size: int) -> list:
+    def blocks(self, size: int) -> list:
         """The term indices of each block of an instruction of `size` terms."""
         blocks = max(1, (self.k or self.n) // self.n)
         j = np.arange(size)
@@ -310,7 +310,7 @@ class BlockFMA:
     def _instruction(self, t, e, c, out: Format, mode: str) -> np.ndarray:
         """One instruction: its blocks chained, with C first (or late, or per block)."""
         acc = c if self.accumulator == "first" else None
-        for cols in self._blocks(len(t)):
+        for cols in self.blocks(len(t)):
             eb = None if e is None else e[cols]
             if not self.include_accumulator:
                 c = _add(c, self._block(t[cols], None, eb), out, mode)
@@ -350,7 +350,7 @@ class BlockFMA:
             i1 = min(i0 + width, K)
             last = self.include_accumulator and self.accumulator == "last"
             eb_, Sb_ = (np.zeros(shape), np.zeros(shape)) if last else (e, S)
-            for cols in self._blocks(i1 - i0):
+            for cols in self.blocks(i1 - i0):
                 k0, k1 = i0 + int(cols[0]), i0 + int(cols[-1]) + 1
                 Tb = T(i0, i1) if self.order == "pairs" else T(k0, k1)
                 eb_, Sb_ = self._block_bound(len(cols), Tb, eb_, Sb_, delta, eta, f)
@@ -429,7 +429,71 @@ class Chunked:
         return inner_err + outer_err, mag
 
 
-MODELS = (Exact, Sequential, Pairwise, BlockFMA, Chunked)
+@dataclass(frozen=True)
+class Tree:
+    """A summation order as data: each node rounds the exact sum of its children once to acc.
+
+    order: nested tuples over the term indices 0 .. K-1, each exactly once, e.g.
+    ((0, 1), (2, 3)) is pairwise and (((0, 1), 2), 3) sequential; a node of more than two
+    children is a fused multi-term addition. fma=False rounds each term to acc first.
+    It reduces exactly K terms (what mpgrad.probe recovers of an unknown reduction).
+    """
+
+    order: tuple
+    acc: Format = float32
+    mode: str = "nearest_even"
+    fma: bool = True
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        if not isinstance(self.order, tuple) or (
+                sorted(_leaves(self.order)) != list(range(len(_leaves(self.order))))):
+            raise ValueError(f"order must be nested tuples over the indices 0 .. K-1, each "
+                             f"once, got {self.order!r}")
+
+    @property
+    def size(self) -> int:
+        """K: the number of terms the tree adds."""
+        return len(_leaves(self.order))
+
+    def reduce(self, K: int, terms: Terms, shape: tuple) -> np.ndarray:
+        """Reduce exactly K = size terms in the tree's order."""
+        if K != self.size:
+            raise ValueError(f"this Tree adds {self.size} terms, got {K}")
+
+        def value(node) -> np.ndarray:
+            if isinstance(node, int):
+                t = terms(node, node + 1)[0]
+                return t if self.fma else _round(t, self.acc, self.mode)
+            return _round(exact_sum(np.stack([value(c) for c in node]), axis=0),
+                          self.acc, self.mode)
+        return value(self.order)
+
+    def bound(self, K: int, T: Bound, shape: tuple, s_abs=None) -> tuple:
+        """(err, mag) for K >= 1 terms (see error_bound)."""
+        # Each node's one rounding multiplies the exact sum below it by (1 + d), |d| <= delta
+        # (plus eta): a term passes at most depth roundings (one more with fma=False).
+        def depth(node) -> int:
+            return 0 if isinstance(node, int) else 1 + max(depth(c) for c in node)
+
+        def nodes(node) -> int:
+            return 0 if isinstance(node, int) else 1 + sum(nodes(c) for c in node)
+        extra = 0 if self.fma else 1
+        err = tree_bound(T(0, K), depth(self.order) + extra,
+                         nodes(self.order) + extra * K, self.acc, self.mode)
+        return err, T(0, K) + err
+
+
+def _leaves(node) -> list:
+    """The term indices under a node of a Tree order (ValueError for anything else)."""
+    if isinstance(node, (int, np.integer)) and not isinstance(node, bool):
+        return [int(node)]
+    if isinstance(node, tuple) and node:
+        return [i for c in node for i in _leaves(c)]
+    raise ValueError(f"a Tree node is a term index or a non-empty tuple, got {node!r}")
+
+
+MODELS = (Exact, Sequential, Pairwise, BlockFMA, Chunked, Tree)
 Model = Union[MODELS]
 
 

@@ -1,5 +1,5 @@
-"""Command line: `mpgrad formats`, `mpgrad describe`, `mpgrad train`, `mpgrad compare`
-(also as `python -m mpgrad ...`)."""
+"""Command line: `mpgrad formats`, `mpgrad describe`, `mpgrad train`, `mpgrad compare`,
+`mpgrad probe` (also as `python -m mpgrad ...`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import inspect
 import os
 import sys
 
+from ..accumulate.hardware import HARDWARE
+from ..accumulate.probing import compare, load_vectors
 from ..numerics.bits import describe
 from ..numerics.formats import FORMATS
 from .data import load
@@ -15,7 +17,7 @@ from .recipes import DEFAULT_RECIPES, get_recipe
 from .table import text_table
 from .train import results_table, train
 
-__all__ = ["main", "formats_table"]
+__all__ = ["main", "formats_table", "probe_table"]
 
 
 def formats_table() -> str:
@@ -59,6 +61,18 @@ class _Progress:
             start = "\r" if self.tty else ""
             print(f"{start}{self.name}: step {step}/{self.steps}  loss {loss:.4f}",
                   end="\n" if last else "", file=sys.stderr, flush=True)
+
+
+def probe_table(path: str) -> str:
+    """Which hardware presets reproduce the recorded cases in path, and how many each misses."""
+    (a, b, c, d), (fa, fb, fo) = load_vectors(path)
+    misses = compare(HARDWARE, a, b, c, d, out=fo)
+    if not misses:
+        raise ValueError(f"no preset takes {fa.name} x {fb.name} inputs with {fo.name} output")
+    rows = sorted(misses.items(), key=lambda kv: (kv[1], kv[0]))
+    head = f"{d.size} outputs of {fa.name} x {fb.name} -> {fo.name}, K = {a.shape[-1]}"
+    return head + "\n" + text_table(("preset", "mismatches", "reproduces"), [
+        (name, str(n), "yes" if n == 0 else "no") for name, n in rows])
 
 
 def _pyplot():
@@ -122,12 +136,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated recipe names (default: all built-in recipes)")
     c.add_argument("--out", metavar="DIR", help="save each run as DIR/RECIPE.npz")
     _training_options(c)
+    pr = sub.add_parser("probe", help="which matrix-unit presets reproduce recorded cases")
+    pr.add_argument("--vectors", required=True, metavar="FILE.npz",
+                    help="a, b, c, d (raw bits) and a_format, b_format, out (see "
+                    "mpgrad.accumulate.probing.save_vectors)")
     args = parser.parse_args(argv)
     try:
         if args.command == "formats":
             print(formats_table())
         elif args.command == "describe":
             print("\n\n".join(str(describe(args.value, f, args.mode)) for f in args.format))
+        elif args.command == "probe":
+            print(probe_table(args.vectors))
         elif args.command == "train":
             (result,) = _run(args, [args.recipe])
             if args.out:
