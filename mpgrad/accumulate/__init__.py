@@ -2,28 +2,12 @@
 drivers that apply a model to matrix products and sums, hardware presets and error bounds."""
 
 from . import hardware, software
+from .blockfma import BlockFMA
 from .bounds import accumulation_error_bound
-from .drivers import (
-                     check_inputs,
-                     default_model,
-                     dot,
-                     matmul_model,
-                     products,
-                     reduce_sum,
-)
+from .drivers import check_inputs, default_model, dot, matmul_model, products, reduce_sum
 from .hardware import HARDWARE
 from .mma import mma
-from .models import (
-                     MODELS,
-                     BlockFMA,
-                     Chunked,
-                     Exact,
-                     Model,
-                     Pairwise,
-                     Sequential,
-                     Tree,
-                     error_bound,
-)
+from .models import MODELS, Chunked, Exact, Model, Pairwise, Sequential, Tree, error_bound
 from .order import summation_tree
 from .probing import ProbeError, ProbeResult, probe
 

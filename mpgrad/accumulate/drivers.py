@@ -7,8 +7,8 @@ import numpy as np
 from ..numerics.exact_matmul import exact_matmul
 from ..numerics.formats import Format, float32, promote
 from ..numerics.rounding import round_to, to_float64
-from .models import (MODELS, NO_EXPONENT, Chunked, Exact, Model, Sequential, Terms,
-                     uses_exponents)
+from .models import MODELS, Chunked, Exact, Model, Sequential, uses_exponents
+from .steps import NO_EXPONENT, Terms
 
 __all__ = ["default_model", "check_inputs", "products", "input_exponents", "product_exponents",
            "matmul_model", "dot", "reduce_sum"]
@@ -82,8 +82,8 @@ _TILE = 1 << 14  # outputs reduced at a time by a block model (its term stack st
 
 def input_exponents(x: np.ndarray, fmt: Format | None = None, model=None) -> np.ndarray:
     """Each value's exponent floor(log2|x|) as a matrix unit reads it: at least the model's
-    input_emin or else fmt's minimum exponent (a subnormal input takes it), NO_EXPONENT
-    for a zero."""
+    input_emin or else fmt's minimum exponent (a subnormal input takes it); a zero's is
+    the model's zero_exponent when it has one (AMD CDNA3: -126), else NO_EXPONENT."""
     mag = np.abs(x)
     used = (mag > 0) & np.isfinite(mag)
     e = np.frexp(np.where(used, mag, 1.0))[1] - 1
@@ -93,7 +93,10 @@ def input_exponents(x: np.ndarray, fmt: Format | None = None, model=None) -> np.
         floor = fmt.min_exponent
     if floor is not None:
         e = np.maximum(e, floor)
-    return np.where(used, e, NO_EXPONENT).astype(np.int64)
+    zero = getattr(unit, "zero_exponent", None)
+    return np.where(used, e, NO_EXPONENT if zero is None else np.where(mag == 0, zero,
+                                                                       NO_EXPONENT)
+                    ).astype(np.int64)
 
 
 def product_exponents(at: np.ndarray, b: np.ndarray, formats: tuple, model) -> Terms:
@@ -141,6 +144,10 @@ def matmul_model(a, b, model: Model, storage: bool = False, max_bits: int | None
         stored = round_to(exact_matmul(a, b, max_bits), model.acc, model.mode)
         return stored if storage else to_float64(stored)
     check_inputs(a, 26), check_inputs(b, 26)
+    unit = model.inner if isinstance(model, Chunked) else model
+    if getattr(unit, "flush", False):  # CDNA2 reads inputs below the smallest normal as +0
+        a, b = (x if f is None else np.where(np.abs(x) < f.smallest_normal, 0.0, x)
+                for x, f in zip((a, b), formats))
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     a, b = np.broadcast_to(a, batch + a.shape[-2:]), np.broadcast_to(b, batch + b.shape[-2:])
     out = np.empty(batch + (a.shape[-2], b.shape[-1]))

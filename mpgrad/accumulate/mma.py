@@ -12,8 +12,8 @@ import numpy as np
 
 from ..numerics.formats import Format, as_format, float16, float32, format_of_dtype, tf32
 from ..numerics.rounding import round_to, to_float64
+from .blockfma import BlockFMA
 from .drivers import product_exponents, products
-from .models import BlockFMA
 
 __all__ = ["mma"]
 
@@ -35,7 +35,8 @@ def _operand(x, name: str) -> tuple[np.ndarray, Format]:
                         f"got dtype {x.dtype}")
     if fmt == float32:
         fmt = tf32  # the unit reads float32 registers as tf32 operands
-        if not np.array_equal(round_to(x, tf32).view(np.uint32), x.view(np.uint32)):
+        same = round_to(x, tf32).view(np.uint32) == x.view(np.uint32)
+        if not np.all(same | np.isnan(x)):  # a NaN is a NaN, whatever its payload
             raise ValueError(f"mma: float32 operand {name} holds values that are not tf32; "
                              "round them first, e.g. mpgrad.round_to(x, 'tf32')")
     return to_float64(x), fmt
@@ -50,11 +51,14 @@ def mma(a, b, c=None, *, model: BlockFMA, out: Format | str | None = None) -> np
     None for zeros. out: the output format, default the model's accumulator (float32);
     "float16" rounds each block to nearest even in float16, as the fp16-output
     instructions do. Returns out's storage array; a NaN
-    result is the units' canonical NaN, 0x7FFFFFFF (float32) or 0x7FFF (float16).
+    result is the units' canonical NaN, 0x7FFFFFFF (float32) or 0x7FFF (float16). A model
+    with flush reads inputs and C below their formats' smallest normals as +0 (CDNA2).
     """
-    if not isinstance(model, BlockFMA) or not model.include_accumulator:
-        raise ValueError(f"mma needs a BlockFMA model that adds C inside the block (a "
-                         f"hardware preset), got {model!r}; use mpgrad.matmul for the others")
+    if not isinstance(model, BlockFMA) or not (model.include_accumulator
+                                               or model.block_sum == "pairwise"):
+        raise ValueError(f"mma needs a BlockFMA model that adds C inside the block or after "
+                         f"a pairwise block (a hardware preset), got {model!r}; use "
+                         f"mpgrad.matmul for the others")
     (av, fa), (bv, fb) = _operand(a, "a"), _operand(b, "b")
     if av.ndim < 2 or bv.ndim < 2 or av.shape[-1] != bv.shape[-2]:
         raise ValueError(f"mma needs a (..., M, K) and b (..., K, N), got {av.shape}, "
@@ -72,6 +76,9 @@ def mma(a, b, c=None, *, model: BlockFMA, out: Format | str | None = None) -> np
     if c is not None and not np.array_equal(to_float64(round_to(cv, register)), cv,
                                             equal_nan=True):
         raise ValueError(f"mma: c must hold {register.name} values (the output register)")
+    if model.flush:
+        av, bv, cv = (np.where(np.abs(x) < f.smallest_normal, 0.0, x)
+                      for x, f in ((av, fa), (bv, fb), (cv, register)))
     av = np.broadcast_to(av, batch + (M, K))
     bv = np.broadcast_to(bv, batch + (K, N))
     d = np.empty(shape)

@@ -9,7 +9,8 @@ same canonical tree add the same values in the same groups, whatever their code 
 
 from __future__ import annotations
 
-from .models import BlockFMA, Chunked, Exact, Model, Pairwise, Sequential, Tree
+from .blockfma import BlockFMA
+from .models import Chunked, Exact, Model, Pairwise, Sequential, Tree
 
 __all__ = ["canonical", "summation_tree", "leaves"]
 
@@ -56,10 +57,15 @@ def _block_fma(m: BlockFMA, K: int):
     """BlockFMA's tree over K products with the accumulator C as leaf K."""
     c, width = K, m.k or m.n
     for i0 in range(0, K, width):
+        blocks = [[i0 + int(j) for j in cols] for cols in m.blocks(min(width, K - i0))]
+        if m.accumulator == "aligned":  # the blocks' exact sums (cut, not rounded) and C:
+            c = (c, *(j for b in blocks for j in b))  # one rounding, one node
+            continue
         acc = c if m.accumulator == "first" else None
-        for cols in m.blocks(min(width, K - i0)):
-            block = [i0 + int(j) for j in cols]
-            if not m.include_accumulator:
+        for block in blocks:
+            if m.block_sum == "pairwise":
+                c = (c, _pairwise(Pairwise(block=1), block))
+            elif not m.include_accumulator:
                 c = (c, tuple(block))
             else:
                 acc = tuple(block) if acc is None else (acc, *block)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from itertools import product
+from itertools import chain, product
 
 import numpy as np
 
@@ -32,7 +32,8 @@ from ..numerics.formats import Format, as_format, float16, float32, float64
 from ..numerics.rounding import MODES, round_to, to_float64
 from .drivers import matmul_model
 from .mma import mma
-from .models import BlockFMA, Exact, Model, Pairwise, Sequential, Tree
+from .blockfma import BlockFMA
+from .models import Exact, Model, Pairwise, Sequential, Tree
 from .order import summation_tree
 
 __all__ = ["probe", "ProbeResult", "ProbeError", "compare", "load_vectors", "save_vectors"]
@@ -273,15 +274,13 @@ def _block_family(K: int, feats: dict, box: _Box):
         for width in (n * 2 ** i for i in range(K.bit_length())):
             if width > K and width != n:
                 break
-            for order, accumulator, include in product(("consecutive", "pairs"),
-                                                       ("first", "last"), (True, False)):
-                if (order == "pairs" and width == n) or (not include and (
-                        accumulator == "last" or order == "pairs")):
+            for order, accumulator in product(("consecutive", "pairs"), ("first", "last")):
+                if order == "pairs" and width == n:
                     continue
                 Fs = [F] if F is not None else range(0, 30)
                 for Fb, acc in product(Fs, accs):
                     try:
-                        yield BlockFMA(n, min(Fb, 52 - (n + 1).bit_length() - 1), include,
+                        yield BlockFMA(n, min(Fb, 52 - (n + 1).bit_length() - 1), True,
                                        "toward_zero", acc, align="exponents",
                                        k=None if width == n else width, order=order,
                                        accumulator=accumulator)
@@ -289,9 +288,20 @@ def _block_family(K: int, feats: dict, box: _Box):
                         continue
 
 
+def _pairwise_family(K: int):
+    """BlockFMA rows that add each block by halving, then to C (AMD CDNA1/CDNA2)."""
+    for n in (2 ** i for i in range(K.bit_length())):
+        for flush in (False, True):
+            yield BlockFMA(n, include_accumulator=False, mode="nearest_even",
+                           block_sum="pairwise", flush=flush)
+
+
 def _variants(m: Model, box: _Box):
     """m with each choice of the parameters the tree does not fix."""
     modes = ["toward_zero"] + [md for md in MODES if md not in ("toward_zero", "stochastic")]
+    if isinstance(m, BlockFMA) and m.block_sum == "pairwise":
+        yield from (replace(m, mode=mode) for mode in modes)
+        return
     if isinstance(m, BlockFMA):
         fp8 = max(box.fa.precision, box.fb.precision) <= 4
         lates = modes if m.accumulator == "last" else [m.late_mode]
@@ -342,7 +352,10 @@ def probe(fn, a_format, b_format=None, *, out="float32", k: int | None = None,
         feats = {"K": K}
     else:
         feats = _features(box, tree, uses_c)
-        family = _block_family(K, feats, box) if uses_c else _software_family(K)
+        families = (_block_family(K, feats, box), _pairwise_family(K))
+        if "fraction_bits" not in feats:  # no fused node: try the pairwise blocks first
+            families = families[::-1]
+        family = chain(*families) if uses_c else _software_family(K)
         seen, structures = set(), []
         for m in family:
             t = summation_tree(m, K, uses_c)
@@ -351,23 +364,25 @@ def probe(fn, a_format, b_format=None, *, out="float32", k: int | None = None,
                 structures.append(m)
         if not structures and not uses_c:
             structures = [Tree(tree)]
-        if structures and isinstance(structures[0], BlockFMA):
-            feats["block"] = structures[0].n
-            feats["instruction_k"] = structures[0].k or structures[0].n
     rng = np.random.default_rng(seed)
-    a, b, c = _cases(rng, box)
-    c = c if uses_c else np.zeros_like(c)
-    want = box.call(a, b, c)
-    good = [v for m in structures for v in _variants(m, box)
-            if _same(_run(v, box, a, b, c), want).all()]
-    if not good:
-        return ProbeResult(tree, uses_c, feats, None)
-    a, b, c = _cases(rng, box, rows=128, cols=8)
-    c = c if uses_c else np.zeros_like(c)
-    want = box.call(a, b, c)
-    miss = int((~_same(_run(good[0], box, a, b, c), want)).sum())
-    return ProbeResult(tree, uses_c, feats, good[0] if miss == 0 else None, tuple(good),
-                       want.size, miss)
+    first, fresh = [], []
+    for cases in (_cases(rng, box), _cases(rng, box, rows=128, cols=8)):
+        a, b, c = cases
+        c = c if uses_c else np.zeros_like(c)
+        (fresh if first else first).append((a, b, c, box.call(a, b, c)))
+    miss = 0
+    for m in structures:  # the first structure with variants that pass both sets wins
+        good = [v for v in _variants(m, box) if _same(_run(v, box, *first[0][:3]),
+                                                       first[0][3]).all()]
+        a, b, c, want = fresh[0]
+        passed = [v for v in good if _same(_run(v, box, a, b, c), want).all()]
+        if passed:
+            if isinstance(m, BlockFMA):
+                feats["block"], feats["instruction_k"] = m.n, m.k or m.n
+            return ProbeResult(tree, uses_c, feats, passed[0], tuple(passed), want.size, 0)
+        if good:
+            miss = int((~_same(_run(good[0], box, a, b, c), want)).sum())
+    return ProbeResult(tree, uses_c, feats, None, (), fresh[0][3].size if miss else 0, miss)
 
 
 def load_vectors(path) -> tuple:
