@@ -65,6 +65,8 @@ class ProbeResult:
                           ("fraction_bits", "alignment: fraction bits kept below the largest "
                                             "exponent"),
                           ("acc_fraction_bits", "accumulator fraction bits"),
+                          ("c_reach", "C still counts this many binades below the products"),
+                          ("sum_bits", "bits of the products' sum kept next to C"),
                           ("monotonic", "monotonic in C")):
             if key in f:
                 lines.append(f"{text}: {f[key]}")
@@ -207,6 +209,33 @@ def _features(box: _Box, tree, uses_c: bool) -> dict:
     return feats
 
 
+def _c_alignment(box: _Box, tree) -> dict:
+    """How far below the products C still counts, and how many bits of the products' sum
+    survive next to a larger C (AMD CDNA3's reach and sum_bits; both equal F where C is
+    just one more term of the block): 2**e - 2**(e-j) is not 2**e while C = -2**(e-j)
+    counts; with C = 2**e, the products 2**(e-24) + 2**(e-j) round up to the next float32
+    while 2**(e-j) survives (without it the sum is a tie, rounded to even)."""
+    node = _first_fused(tree)
+    if box.K not in node:
+        return {}
+    p, q = sorted(node, key=lambda i: i == box.K)[:2]
+    e = box.eM
+    js = np.arange(1, e - box.eu + 1)
+    rows = np.zeros((2 * len(js), box.K + 1))
+    rows[:len(js), p], rows[:len(js), box.K] = 2.0 ** e, -2.0 ** (e - js)
+    rows[len(js):, box.K] = 2.0 ** e
+    rows[len(js):, p], rows[len(js):, q] = 2.0 ** (e - 24), 2.0 ** (e - js)
+    ok = js >= 25
+    rows[len(js):][~ok] = 0.0
+    d = box.leaves(rows)
+    counts = d[:len(js)] != 2.0 ** e
+    kept = d[len(js):] > 2.0 ** e
+    reach = int(np.argmin(counts)) if not counts.all() else None
+    survive = kept[ok]
+    bits = int(js[ok][np.argmin(survive)] - 1) if survive.size and not survive.all() else None
+    return {"c_reach": reach, "sum_bits": bits}
+
+
 def _monotonic(box: _Box, node: list, F: int, tries: int = 64) -> bool:
     """Whether raising C from just below 2**e to 2**e never lowers the result: the node's
     products, odd multiples of one alignment unit of the lower binade, lose a unit each
@@ -236,7 +265,11 @@ def _values(rng, shape, fmt: Format) -> np.ndarray:
     x = np.where((pick > 0.05) & (pick < 0.1), sub, x)
     x = np.where(pick > 0.997, np.nan, np.where(pick > 0.994, np.inf, x))
     v = to_float64(round_to(x * 2.0 ** rng.integers(-2, 3), fmt))
-    return np.where(np.isfinite(v) | np.isnan(x) | np.isinf(x), v, 0.0)
+    v = np.where(np.isfinite(v) | np.isnan(x) | np.isinf(x), v, 0.0)
+    width = np.dtype(fmt.storage).itemsize  # a third of the rows: raw bit patterns
+    words = rng.integers(0, 2 ** (8 * width), shape, dtype=np.uint64).astype(f"u{width}")
+    raw = to_float64(round_to(to_float64(words.view(fmt.storage)), fmt, "toward_zero"))
+    return np.where(rng.random(shape[:-1] + (1,)) < 1 / 3, raw, v)
 
 
 def _cases(rng, box: _Box, rows: int = 48, cols: int = 4) -> tuple:
@@ -286,6 +319,58 @@ def _block_family(K: int, feats: dict, box: _Box):
                                        accumulator=accumulator)
                     except ValueError:
                         continue
+
+
+def _aligned_family(K: int, feats: dict, box: _Box):
+    """BlockFMA rows that add C to their blocks' exact sums (AMD CDNA3), every structure."""
+    F = feats.get("fraction_bits")
+    if F is None:
+        return
+    wide = float32 if box.fo == float16 else box.fo
+    for n in (2 ** i for i in range(K.bit_length())):
+        for width in (n * 2 ** i for i in range(K.bit_length())):
+            if width > K:
+                break
+            for order in ("consecutive", "alternate") if width > n else ("consecutive",):
+                try:
+                    yield BlockFMA(n, F, True, "nearest_even", wide, align="exponents",
+                                   k=None if width == n else width, order=order,
+                                   accumulator="aligned", sum_bits=F)
+                except ValueError:
+                    continue
+
+
+def _descend(m: BlockFMA, box: _Box, cases: list, start: dict) -> list:
+    """The aligned rule's parameters by coordinate descent: each in turn takes the value
+    with the fewest mismatches on the cases, until a pass lowers them no more; [the model]
+    if it reaches 0, else []."""
+    modes = ["nearest_even"] + [md for md in MODES if md not in ("nearest_even", "stochastic")]
+    F, fp8 = m.fraction_bits, max(box.fa.precision, box.fb.precision) <= 4
+    choices = {"sum_bits": range(F, F + 13), "reach": (None, *range(F, F + 9)),
+               "mode": modes, "align": ("exponents", "value"),
+               "zero_exponent": (None, m.acc.min_exponent), "product_overflow": (False, True),
+               "input_emin": (None, -14) if fp8 else (None,)}  # the bit widths first
+    def cost(v: BlockFMA) -> int:
+        return sum(int((~_same(_run(v, box, a, b, c), want)).sum()) for a, b, c, want in cases)
+    try:  # from the measured widths, where they fit the rule
+        m = replace(m, **{k: v for k, v in start.items() if v is not None})
+    except ValueError:
+        pass
+    best, low = m, cost(m)
+    while low:
+        start = low
+        for name, values in choices.items():
+            for value in values:
+                try:
+                    v = replace(best, **{name: value})
+                except ValueError:
+                    continue
+                n = cost(v)
+                if n < low:
+                    best, low = v, n
+        if low == start:
+            break
+    return [best] if low == 0 else []
 
 
 def _pairwise_family(K: int):
@@ -352,7 +437,8 @@ def probe(fn, a_format, b_format=None, *, out="float32", k: int | None = None,
         feats = {"K": K}
     else:
         feats = _features(box, tree, uses_c)
-        families = (_block_family(K, feats, box), _pairwise_family(K))
+        families = (_block_family(K, feats, box), _aligned_family(K, feats, box),
+                    _pairwise_family(K))
         if "fraction_bits" not in feats:  # no fused node: try the pairwise blocks first
             families = families[::-1]
         family = chain(*families) if uses_c else _software_family(K)
@@ -365,16 +451,27 @@ def probe(fn, a_format, b_format=None, *, out="float32", k: int | None = None,
         if not structures and not uses_c:
             structures = [Tree(tree)]
     rng = np.random.default_rng(seed)
-    first, fresh = [], []
-    for cases in (_cases(rng, box), _cases(rng, box, rows=128, cols=8)):
-        a, b, c = cases
+    sets = []
+    for rows, cols in ((48, 4), (96, 8), (128, 8), (128, 8), (128, 8)):
+        a, b, c = _cases(rng, box, rows, cols)
         c = c if uses_c else np.zeros_like(c)
-        (fresh if first else first).append((a, b, c, box.call(a, b, c)))
+        sets.append((a, b, c, box.call(a, b, c)))
     miss = 0
-    for m in structures:  # the first structure with variants that pass both sets wins
-        good = [v for v in _variants(m, box) if _same(_run(v, box, *first[0][:3]),
-                                                       first[0][3]).all()]
-        a, b, c, want = fresh[0]
+    for m in structures:  # the first structure with variants that pass the last set wins
+        if isinstance(m, BlockFMA) and m.accumulator == "aligned":
+            good, widths = [], _c_alignment(box, tree)
+            feats.update(widths)
+            for i in (2, 3, 4):  # a set it fails on joins the descent; the next one checks
+                good = _descend(good[0] if good else m, box, sets[:i],
+                                {"sum_bits": widths.get("sum_bits"),
+                                 "reach": widths.get("c_reach")})
+                if not good or _same(_run(good[0], box, *sets[i][:3]), sets[i][3]).all():
+                    break
+            a, b, c, want = sets[i]
+        else:
+            good = [v for v in _variants(m, box) if _same(_run(v, box, *sets[0][:3]),
+                                                           sets[0][3]).all()]
+            a, b, c, want = sets[2]
         passed = [v for v in good if _same(_run(v, box, a, b, c), want).all()]
         if passed:
             if isinstance(m, BlockFMA):
@@ -382,7 +479,7 @@ def probe(fn, a_format, b_format=None, *, out="float32", k: int | None = None,
             return ProbeResult(tree, uses_c, feats, passed[0], tuple(passed), want.size, 0)
         if good:
             miss = int((~_same(_run(good[0], box, a, b, c), want)).sum())
-    return ProbeResult(tree, uses_c, feats, None, (), fresh[0][3].size if miss else 0, miss)
+    return ProbeResult(tree, uses_c, feats, None, (), sets[2][3].size if miss else 0, miss)
 
 
 def load_vectors(path) -> tuple:
