@@ -271,6 +271,8 @@ class BlockFMA:
             return self._merge(t, e, c, out, mode)
         acc = c if self.accumulator == "first" else None
         for cols in self.blocks(len(t)):
+            if self.order == "consecutive":  # a view, not a copy
+                cols = slice(int(cols[0]), int(cols[-1]) + 1)
             eb = None if e is None else e[cols]
             if not self.include_accumulator:
                 c = self._flush(add_rounded(c, self._block(t[cols], None, eb), out, mode))
