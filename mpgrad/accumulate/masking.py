@@ -62,6 +62,11 @@ class BlackBox:
         return self.call(a, b, values[:, K].reshape(T, 1, 1)).reshape(T)
 
 
+def _leading(flags: np.ndarray) -> int:
+    """How many of flags, from the first, are True before the first False."""
+    return int(np.argmin(flags)) if not flags.all() else len(flags)
+
+
 def _tree_from_sizes(ids: list, S: np.ndarray):
     """The tree over leaves ids in which S[i, j] is the number of leaves under the node
     where i and j meet."""
@@ -139,14 +144,15 @@ def fused_features(box: BlackBox, tree, uses_c: bool) -> dict:
     e = box.eM
     js = np.arange(1, e - box.eu + 1)
     rows = np.zeros((2 * len(js), box.K + 1))
-    rows[:len(js), p], rows[:len(js), q], rows[:len(js), r] = 2.0 ** e, -2.0 ** e, 2.0 ** (e - js)
+    rows[:len(js), p], rows[:len(js), q] = 2.0 ** e, -2.0 ** e
+    rows[:len(js), r] = 2.0 ** (e - js)
     rows[len(js):, p], rows[len(js):, r] = 2.0 ** e, 2.0 ** (e - js)
     d = box.leaves(rows)
     kept = d[:len(js)] == 2.0 ** (e - js)
     exact = d[len(js):] == 2.0 ** e + 2.0 ** (e - js)
-    F = int(np.argmin(kept)) if not kept.all() else len(js)  # leading run of kept terms
+    F = _leading(kept)
     feats["fraction_bits"] = F
-    A = int(np.argmin(exact)) if not exact.all() else len(js)
+    A = _leading(exact)
     if A < min(F + 1, box.fo.fraction_bits):
         feats["acc_fraction_bits"] = A  # narrower than the output format (fp8's e8m13)
     if uses_c and box.K in node and F < len(js):
@@ -158,27 +164,27 @@ def c_alignment(box: BlackBox, tree) -> dict:
     """How far below the products C still counts, and how many bits of the products' sum
     survive next to a larger C (AMD CDNA3's reach and sum_bits; both equal F where C is
     just one more term of the block): 2**e - 2**(e-j) is not 2**e while C = -2**(e-j)
-    counts; with C = 2**e, the products 2**(e-24) + 2**(e-j) round up to the next float32
-    while 2**(e-j) survives (without it the sum is a tie, rounded to even)."""
+    counts; with C = 2**e, the products 2**(e-p) + 2**(e-j) (p: the output's precision)
+    round up to the next output value while 2**(e-j) survives (without it the sum is a tie,
+    rounded to even)."""
     node = first_fused(tree)
     if box.K not in node:
         return {}
     p, q = sorted(node, key=lambda i: i == box.K)[:2]
-    e = box.eM
+    e, P = box.eM, box.fo.precision
     js = np.arange(1, e - box.eu + 1)
     rows = np.zeros((2 * len(js), box.K + 1))
     rows[:len(js), p], rows[:len(js), box.K] = 2.0 ** e, -2.0 ** (e - js)
     rows[len(js):, box.K] = 2.0 ** e
-    rows[len(js):, p], rows[len(js):, q] = 2.0 ** (e - 24), 2.0 ** (e - js)
-    ok = js >= 25
+    rows[len(js):, p], rows[len(js):, q] = 2.0 ** (e - P), 2.0 ** (e - js)
+    ok = js > P  # j = P + 1, P + 2, ...: below the tie's own bit
     rows[len(js):][~ok] = 0.0
     d = box.leaves(rows)
     counts = d[:len(js)] != 2.0 ** e
-    kept = d[len(js):] > 2.0 ** e
-    reach = int(np.argmin(counts)) if not counts.all() else None
-    survive = kept[ok]
-    bits = int(js[ok][np.argmin(survive)] - 1) if survive.size and not survive.all() else None
-    return {"c_reach": reach, "sum_bits": bits}
+    survive = (d[len(js):] > 2.0 ** e)[ok]
+    reach, bits = _leading(counts), P + _leading(survive)
+    return {"c_reach": None if reach == len(js) else reach,
+            "sum_bits": None if not survive.size or bits == P + survive.size else bits}
 
 
 def _monotonic(box: BlackBox, node: list, F: int, tries: int = 64) -> bool:

@@ -115,28 +115,48 @@ def _run(model: Model, box: BlackBox, a, b, c) -> np.ndarray:
         return to_float64(round_to(matmul_model(a, b, model), box.fo))
 
 
+def _modes(first: str) -> list:
+    """The deterministic rounding modes, `first` first (ties in a search keep it)."""
+    return [first] + [md for md in MODES if md not in (first, "stochastic")]
+
+
+def _fp8(box: BlackBox) -> bool:
+    """Whether an input is an fp8 format (then a float16 input floor is a candidate)."""
+    return max(box.fa.precision, box.fb.precision) <= 4
+
+
+def _block_acc(box: BlackBox) -> Format:
+    """The blocks' format: the output's, float32 for the fp16-output instructions."""
+    return float32 if box.fo == float16 else box.fo
+
+
+def _shapes(K: int):
+    """(n, k) for every power-of-two block n and instruction width up to K (k None: one
+    block per instruction)."""
+    for n in (2 ** i for i in range(K.bit_length())):
+        for width in (n * 2 ** i for i in range(K.bit_length())):
+            if width > K:
+                break
+            yield n, None if width == n else width
+
+
 def _block_family(K: int, feats: dict, box: BlackBox):
     """BlockFMA rows of every structure up to K, with the measured alignment bits."""
     F = feats.get("fraction_bits")
     A = feats.get("acc_fraction_bits")
-    wide = float32 if box.fo == float16 else box.fo  # fp16 output: float32 blocks, then out
+    wide = _block_acc(box)
     accs = [wide] if A is None else [Format.custom(wide.exponent_bits, A), wide]
-    for n in (2 ** i for i in range(K.bit_length())):
-        for width in (n * 2 ** i for i in range(K.bit_length())):
-            if width > K and width != n:
-                break
-            for order, accumulator in product(("consecutive", "pairs"), ("first", "last")):
-                if order == "pairs" and width == n:
+    for n, k in _shapes(K):
+        for order, accumulator in product(("consecutive", "pairs"), ("first", "last")):
+            if order == "pairs" and k is None:
+                continue
+            for Fb, acc in product([F] if F is not None else range(0, 30), accs):
+                try:
+                    yield BlockFMA(n, min(Fb, 52 - (n + 1).bit_length() - 1), True,
+                                   "toward_zero", acc, align="exponents", k=k, order=order,
+                                   accumulator=accumulator)
+                except ValueError:
                     continue
-                Fs = [F] if F is not None else range(0, 30)
-                for Fb, acc in product(Fs, accs):
-                    try:
-                        yield BlockFMA(n, min(Fb, 52 - (n + 1).bit_length() - 1), True,
-                                       "toward_zero", acc, align="exponents",
-                                       k=None if width == n else width, order=order,
-                                       accumulator=accumulator)
-                    except ValueError:
-                        continue
 
 
 def _aligned_family(K: int, feats: dict, box: BlackBox):
@@ -144,30 +164,25 @@ def _aligned_family(K: int, feats: dict, box: BlackBox):
     F = feats.get("fraction_bits")
     if F is None:
         return
-    wide = float32 if box.fo == float16 else box.fo
-    for n in (2 ** i for i in range(K.bit_length())):
-        for width in (n * 2 ** i for i in range(K.bit_length())):
-            if width > K:
-                break
-            for order in ("consecutive", "alternate") if width > n else ("consecutive",):
-                try:
-                    yield BlockFMA(n, F, True, "nearest_even", wide, align="exponents",
-                                   k=None if width == n else width, order=order,
-                                   accumulator="aligned", sum_bits=F)
-                except ValueError:
-                    continue
+    for n, k in _shapes(K):
+        for order in ("consecutive", "alternate") if k else ("consecutive",):
+            try:
+                yield BlockFMA(n, F, True, "nearest_even", _block_acc(box), align="exponents",
+                               k=k, order=order, accumulator="aligned", sum_bits=F)
+            except ValueError:
+                continue
 
 
 def _descend(m: BlockFMA, box: BlackBox, cases: list, start: dict) -> list:
     """The aligned rule's parameters by coordinate descent: each in turn takes the value
     with the fewest mismatches on the cases, until a pass lowers them no more; [the model]
     if it reaches 0, else []."""
-    modes = ["nearest_even"] + [md for md in MODES if md not in ("nearest_even", "stochastic")]
-    F, fp8 = m.fraction_bits, max(box.fa.precision, box.fb.precision) <= 4
+    F = m.fraction_bits
     choices = {"sum_bits": range(F, F + 13), "reach": (None, *range(F, F + 9)),
-               "mode": modes, "align": ("exponents", "value"),
+               "mode": _modes("nearest_even"), "align": ("exponents", "value"),
                "zero_exponent": (None, m.acc.min_exponent), "product_overflow": (False, True),
-               "input_emin": (None, -14) if fp8 else (None,)}  # the bit widths first
+               "input_emin": (None, -14) if _fp8(box) else (None,)}  # the bit widths first
+
     def cost(v: BlockFMA) -> int:
         return sum(int((~_same(_run(v, box, a, b, c), want)).sum()) for a, b, c, want in cases)
     try:  # from the measured widths, where they fit the rule
@@ -201,15 +216,14 @@ def _pairwise_family(K: int):
 
 def _variants(m: Model, box: BlackBox):
     """m with each choice of the parameters the tree does not fix."""
-    modes = ["toward_zero"] + [md for md in MODES if md not in ("toward_zero", "stochastic")]
+    modes = _modes("toward_zero")
     if isinstance(m, BlockFMA) and m.block_sum == "pairwise":
         yield from (replace(m, mode=mode) for mode in modes)
         return
     if isinstance(m, BlockFMA):
-        fp8 = max(box.fa.precision, box.fb.precision) <= 4
         lates = modes if m.accumulator == "last" else [m.late_mode]
         for mode, align, emin, late in product(modes, ("exponents", "value"),
-                                               (None, -14) if fp8 else (None,), lates):
+                                               (None, -14) if _fp8(box) else (None,), lates):
             yield replace(m, mode=mode, align=align, input_emin=emin, late_mode=late)
         return
     accs = list(dict.fromkeys([box.fo, float32, float64]))
@@ -274,11 +288,13 @@ def probe(fn, a_format, b_format=None, *, out="float32", k: int | None = None,
         a, b, c = _cases(rng, box, rows, cols)
         c = c if uses_c else np.zeros_like(c)
         sets.append((a, b, c, box.call(a, b, c)))
-    miss = 0
+    miss, widths = 0, None
     for m in structures:  # the first structure with variants that pass the last set wins
         if isinstance(m, BlockFMA) and m.accumulator == "aligned":
-            good, widths = [], c_alignment(box, tree)
-            feats.update(widths)
+            if widths is None:  # measured once, for every aligned structure
+                widths = c_alignment(box, tree)
+                feats.update(widths)
+            good = []
             for i in (2, 3, 4):  # a set it fails on joins the descent; the next one checks
                 good = _descend(good[0] if good else m, box, sets[:i],
                                 {"sum_bits": widths.get("sum_bits"),
