@@ -206,7 +206,7 @@ class BlockFMA:
         """accumulator="aligned": one instruction's blocks and C (class docstring)."""
         F = self.fraction_bits
         parts = [self._aligned(t[cols], None, None if e is None else e[cols])
-                 for cols in self.blocks(len(t))]
+                 for cols in self._selectors(len(t))]
         sums = np.stack([p[0] for p in parts])
         with np.errstate(invalid="ignore", over="ignore", under="ignore"):
             special = ~np.all(np.isfinite(sums), axis=0) | ~np.isfinite(c)
@@ -262,6 +262,13 @@ class BlockFMA:
             return [j[j % blocks == b] for b in range(blocks) if size > b]
         return [j[k0:k0 + self.n] for k0 in range(0, size, self.n)]
 
+    def _selectors(self, size: int) -> list:
+        """blocks(size) as indices into the terms: slices (views, not copies) for
+        consecutive blocks."""
+        if self.order != "consecutive":
+            return self.blocks(size)
+        return [slice(int(cols[0]), int(cols[-1]) + 1) for cols in self.blocks(size)]
+
     def _instruction(self, t, e, c, out: Format, mode: str) -> np.ndarray:
         """One instruction: its blocks chained, with C first (or late, or per block, or
         aligned with the blocks' exact sums)."""
@@ -270,9 +277,7 @@ class BlockFMA:
         if self.accumulator == "aligned":
             return self._merge(t, e, c, out, mode)
         acc = c if self.accumulator == "first" else None
-        for cols in self.blocks(len(t)):
-            if self.order == "consecutive":  # a view, not a copy
-                cols = slice(int(cols[0]), int(cols[-1]) + 1)
+        for cols in self._selectors(len(t)):
             eb = None if e is None else e[cols]
             if not self.include_accumulator:
                 c = self._flush(add_rounded(c, self._block(t[cols], None, eb), out, mode))
