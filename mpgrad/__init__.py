@@ -5,6 +5,8 @@ numerics (formats, rounding, exact arithmetic) -> accumulate (accumulation model
 autodiff (Tensor, policy, engine) -> ops -> nn, optim, amp -> testing -> demo.
 """
 
+__version__ = "0.1.0"
+
 from .numerics import (FORMATS, MODES, STOCHASTIC_BITS, Description, Format, RoundingStats,
                        as_format, bfloat16, describe, float4_e2m1fn, float6_e2m3fn,
                        float6_e3m2fn, float8_e4m3fn, float8_e4m3fnuz, float8_e5m2,
@@ -20,6 +22,7 @@ from .ops import *  # noqa: F401,F403  (every op as mpgrad.<name>)
 from . import amp, nn, optim, testing
 
 __all__ = [
+    "__version__",
     "FORMATS", "Format", "as_format", "bfloat16", "float4_e2m1fn", "float6_e2m3fn",
     "float6_e3m2fn", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz",
     "float16", "float32", "float64", "tf32", "manual_seed",
