@@ -369,3 +369,28 @@ def test_numpy_model_differs_from_halving():
     halving = acc.reduce_sum(x, 0, Pairwise(block=128)).astype(np.float32)
     numpy = acc.software.NUMPY if NUMPY_2 else acc.software.NUMPY_1
     assert halving != np.sum(x) and acc.reduce_sum(x, 0, numpy) == np.sum(x)
+
+
+# --- empty inputs ---------------------------------------------------------------------------
+
+EMPTY_MODELS = {**hardware.HARDWARE, **{k: getattr(acc.software, k) for k in acc.software.__all__},
+                **{repr(m)[:60]: m for m in MODELS}}
+
+
+@pytest.mark.parametrize("name", EMPTY_MODELS)
+def test_empty_matmuls_and_sums_under_every_model(name):
+    """np.matmul's and np.sum's shapes and values: an empty sum (K = 0) is +0, a product or
+    sum with no outputs (M, N, a batch or a kept axis of length 0) is an empty array."""
+    model = EMPTY_MODELS[name]
+    for sa, sb in [((2, 0), (0, 3)), ((0, 4), (4, 3)), ((2, 4), (4, 0)), ((0, 0), (0, 0)),
+                   ((0, 2, 4), (4, 3)), ((3, 2, 0), (1, 0, 5))]:
+        a, b = np.full(sa, 0.5), np.full(sb, 1.5)
+        got, want = acc.matmul_model(a, b, model), np.matmul(a, b)
+        assert got.shape == want.shape and np.array_equal(got, want), (sa, sb)
+        assert not np.signbit(got).any(), (sa, sb)
+    assert acc.dot(np.ones(0), np.ones(0), model) == 0.0
+    for shape, axis in [((0, 3), 0), ((0, 3), 1), ((3, 0), 1), ((3, 0), 0), ((0,), 0)]:
+        x = np.full(shape, 0.5)
+        got, want = acc.reduce_sum(x, axis, model), np.sum(x, axis=axis)
+        assert got.shape == want.shape and np.array_equal(got, want), (shape, axis)
+        assert not np.signbit(got).any(), (shape, axis)

@@ -85,11 +85,52 @@ def test_scale_is_float32_and_created_lazily():
     assert s.get_scale() == float(np.float32(0.1)) != 0.1
 
 
-@pytest.mark.parametrize("kwargs", [{"growth_factor": 1.0}, {"backoff_factor": 1.0}])
-def test_factors_are_checked(kwargs):
-    with pytest.raises(AssertionError, match="factor must be"):
+BAD_HYPERPARAMETERS = [
+    ({"init_scale": 0.0}, ValueError, "init_scale must be a finite number > 0"),
+    ({"init_scale": -1.0}, ValueError, "init_scale"),
+    ({"init_scale": NAN}, ValueError, "init_scale"),
+    ({"init_scale": INF}, ValueError, "init_scale"),
+    ({"init_scale": 1e39}, ValueError, "init_scale"),  # inf in float32
+    ({"init_scale": 1e-50}, ValueError, "init_scale"),  # 0 in float32
+    ({"init_scale": "1"}, TypeError, "init_scale must be a real number"),
+    ({"init_scale": True}, TypeError, "init_scale"),
+    ({"growth_factor": 1.0}, ValueError, "The growth factor must be > 1.0"),
+    ({"growth_factor": 0.5}, ValueError, "The growth factor must be > 1.0"),
+    ({"growth_factor": NAN}, ValueError, "The growth factor must be > 1.0"),
+    ({"growth_factor": INF}, ValueError, "The growth factor must be > 1.0"),
+    ({"backoff_factor": 1.0}, ValueError, "The backoff factor must be < 1.0"),
+    ({"backoff_factor": 0.0}, ValueError, "The backoff factor"),
+    ({"backoff_factor": -0.5}, ValueError, "The backoff factor"),
+    ({"backoff_factor": NAN}, ValueError, "The backoff factor"),
+    ({"growth_interval": 0}, ValueError, "growth_interval must be an int >= 1"),
+    ({"growth_interval": -3}, ValueError, "growth_interval"),
+    ({"growth_interval": 2.0}, TypeError, "growth_interval must be an int"),
+    ({"growth_interval": True}, TypeError, "growth_interval"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, match", BAD_HYPERPARAMETERS)
+def test_bad_hyperparameters_are_refused_at_the_call(kwargs, error, match):
+    with pytest.raises(error, match=match):
         GradScaler(**kwargs)
-    GradScaler(**kwargs, enabled=False)  # torch checks only when enabled
+    GradScaler(**kwargs, enabled=False)  # as torch, a disabled scaler checks nothing
+    (name, value), = kwargs.items()
+    setter = getattr(GradScaler, f"set_{name}", None)
+    if setter is not None:  # the setters check the same (torch's do not)
+        s = GradScaler()
+        with pytest.raises(error, match=match):
+            setter(s, value)
+        assert s.state_dict() == GradScaler().state_dict()
+
+
+@pytest.mark.parametrize("kwargs", [{"growth_factor": 1.0}, {"growth_factor": 0.5},
+                                    {"backoff_factor": 1.0}, {"backoff_factor": 2.0}])
+def test_torch_refuses_these_factors_too(kwargs):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(AssertionError, match="factor must be"):
+        torch.amp.GradScaler("cpu", **kwargs)
+    with pytest.raises(ValueError, match="factor must be"):  # a ValueError in mpgrad
+        GradScaler(**kwargs)
 
 
 def test_scale_multiplies_as_a_recorded_float32_op():
@@ -324,6 +365,39 @@ def test_state_dict_round_trip_and_pickle():
     s.unscale_(opt)
     with pytest.raises(AssertionError, match="may only be pickled"):
         pickle.dumps(s)
+
+
+GOOD_STATE = {"scale": 256.0, "growth_factor": 2.0, "backoff_factor": 0.25,
+              "growth_interval": 5, "_growth_tracker": 2}
+
+
+@pytest.mark.parametrize("change, error, match", [
+    ({"scale": None}, ValueError, r"missing \['scale'\]"),
+    ({"extra": 1}, ValueError, r"unexpected \['extra'\]"),
+    ({"scale": 0.0}, ValueError, r"state_dict\['scale'\] must be a finite number > 0"),
+    ({"scale": -2.0}, ValueError, "scale"),
+    ({"scale": INF}, ValueError, "scale"),
+    ({"scale": NAN}, ValueError, "scale"),
+    ({"scale": "256"}, TypeError, "scale"),
+    ({"growth_factor": 1.0}, ValueError, "growth factor"),
+    ({"backoff_factor": 1.5}, ValueError, "backoff factor"),
+    ({"growth_interval": 0}, ValueError, "growth_interval"),
+    ({"growth_interval": 5.0}, TypeError, "growth_interval"),
+    ({"_growth_tracker": -1}, ValueError, "_growth_tracker must be an int >= 0"),
+    ({"_growth_tracker": 1.0}, TypeError, "_growth_tracker must be an int"),
+    ({"_growth_tracker": None}, ValueError, "missing"),
+])
+def test_malformed_state_dicts_are_refused_and_nothing_changes(change, error, match):
+    bad = {k: v for k, v in {**GOOD_STATE, **change}.items() if v is not None}
+    for s in (GradScaler(init_scale=8.0), ready(GradScaler(init_scale=8.0))):
+        before = (s.state_dict(), s._scale)
+        with pytest.raises(error, match=match):
+            s.load_state_dict(bad)
+        assert (s.state_dict(), s._scale) == before
+        s.load_state_dict(GOOD_STATE)
+        assert s.state_dict() == GOOD_STATE
+    with pytest.raises(TypeError, match="state_dict must be a dict"):
+        GradScaler().load_state_dict([("scale", 1.0)])
 
 
 def test_setters():

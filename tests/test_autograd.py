@@ -297,6 +297,94 @@ def test_register_hook_needs_requires_grad():
         T([1.0]).register_hook(lambda g: g)
 
 
+def test_hook_returning_a_non_tensor_is_a_type_error_naming_the_hook():
+    def scale(g):
+        return 2.0  # a number, not a Tensor
+    x = T([1.0], requires_grad=True)
+    x.register_hook(scale)
+    with pytest.raises(TypeError, match="hook 'scale' returned float"):
+        (x * 3.0).sum().backward()
+    assert x.grad is None
+
+
+def test_hook_returning_another_format_is_an_error_as_in_pytorch():
+    # PyTorch raises "hook has changed the type of value"; rounding the replacement back
+    # silently would hide a second rounding the user did not ask for
+    def widen(g):
+        return g.to("float32")
+    x = T([1.0, 2.0], "float16", requires_grad=True)
+    x.register_hook(widen)
+    with pytest.raises(RuntimeError, match="hook 'widen' returned has data of a different "
+                                           "type: float32 for a float16 tensor"):
+        (x * 2.0).sum().backward()
+    assert x.grad is None
+
+
+def test_hook_removed_twice_is_a_no_op_as_in_pytorch():
+    x = T([1.0], requires_grad=True)
+    calls = []
+    first = x.register_hook(lambda g: calls.append("first") or g * 2.0)
+    first.remove()
+    second = x.register_hook(lambda g: calls.append("second") or g * 3.0)
+    first.remove()  # again: nothing happens, and the newer hook stays
+    first()
+    (x * 1.0).sum().backward()
+    assert calls == ["second"] and values(x.grad) == [3.0]
+    second.remove()
+    second.remove()
+    (x * 1.0).sum().backward()
+    assert calls == ["second"] and values(x.grad) == [4.0]
+
+
+def test_hook_may_remove_itself():
+    x = T([1.0], requires_grad=True)
+    seen = []
+
+    def once(g):
+        seen.append(values(g))
+        handle.remove()
+    handle = x.register_hook(once)
+    x.register_hook(lambda g: seen.append("next"))
+    (x * 2.0).sum().backward()
+    (x * 2.0).sum().backward()
+    assert seen == [[2.0], "next", "next"]
+
+
+# --- assigning .grad ------------------------------------------------------------------------
+
+def test_grad_assignment_checked_as_in_pytorch():
+    # (torch THPVariable_set_grad: a Tensor or None, of the tensor's size and dtype)
+    x = T([1.0, 2.0, 3.0], "float16", requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"different size: shape \(1,\) for a tensor of "
+                                           r"shape \(3,\)"):
+        x.grad = T([1.0], "float16")
+    with pytest.raises(RuntimeError, match="different size"):
+        x.grad = T([[1.0, 2.0, 3.0]], "float16")
+    with pytest.raises(RuntimeError, match="different type: float32 for a float16 tensor"):
+        x.grad = T([1.0, 2.0, 3.0], "float32")
+    for bad in (np.ones(3), 1.0, [1.0, 1.0, 1.0]):
+        with pytest.raises(TypeError, match="expected to be a Tensor or None"):
+            x.grad = bad
+    with pytest.raises(RuntimeError, match="its own grad"):
+        x.grad = x
+    assert x.grad is None  # nothing was assigned
+    x.grad = T([0.5, 0.5, 0.5], "float16")
+    x.grad = None
+    assert x.grad is None
+
+
+def test_assigned_grad_is_accumulated_into_in_its_format():
+    # a valid .grad is added to (one rounding per element, in float16); a wrong-shaped one
+    # used to broadcast here and a wrong-format one to accumulate in its own format
+    x = T([1.0, 2.0], "float16", requires_grad=True)
+    x.grad = T([1.0, 2.0**-11], "float16")
+    (x * 3.0).sum().backward()
+    # 1 + 3 = 4 exact; 2**-11 + 3 is below half an ulp of 3 (2**-10): 3
+    assert x.grad.dtype == mpgrad.float16
+    assert values(x.grad) == [mpfr_round(4, "float16"), mpfr_round(3 + Fraction(1, 2048),
+                                                                    "float16")] == [4.0, 3.0]
+
+
 # --- grad modes, detach, retain_graph -------------------------------------------------------
 
 def test_no_grad_builds_no_graph():

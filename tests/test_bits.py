@@ -10,6 +10,7 @@ for next_up/next_down/ulp_distance/ulp.
 from __future__ import annotations
 
 import math
+import struct
 from fractions import Fraction
 
 import ml_dtypes
@@ -455,3 +456,69 @@ def test_describe_one(fmt):
     assert (d.value, d.kind, d.sign, d.exponent_field, d.fraction_field) == (
         1.0, "normal", 0, 1 - emin, 0)
     assert len(d.bits) == fmt.bits
+
+
+# --- describe: overflow, lost sign, NaN -------------------------------------------------------
+
+def _cast(value: float, fmt) -> float:
+    """value converted by ml_dtypes / NumPy (round to nearest even), back in float64."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.array([value]).astype(fmt.storage).astype(np.float64)[0])
+
+
+@pytest.mark.parametrize("fmt", [f for f in BUILTINS if f.name != "float64"], ids=_name)
+@pytest.mark.parametrize("big", [4.0, -4.0, math.inf, -math.inf])
+def test_describe_says_overflow(fmt, big):
+    # 4 * max is beyond max + ulp(max) / 2, so nearest rounding overflows: the result is what
+    # ml_dtypes' conversion gives (inf, NaN in e4m3fn/fnuz, +-max in fp4/fp6, which saturate)
+    value = big * fmt.max if math.isfinite(big) else big
+    want = _cast(value, fmt)
+    d = describe(value, fmt)
+    assert d.value == want or (math.isnan(d.value) and math.isnan(want))
+    assert d.overflow == (math.isfinite(value) or not fmt.infinities)
+    assert d.became_nan == math.isnan(want)
+    assert d.kind == ("nan" if math.isnan(want) else "infinity" if math.isinf(want) else "normal")
+    assert ("overflow" in str(d)) == d.overflow
+    if d.overflow:
+        assert ("NaN" in str(d)) == math.isnan(want)
+        assert ("saturates" in str(d)) == math.isfinite(want)
+        assert ("has no infinity" in str(d)) == (not fmt.infinities)
+    m = describe(fmt.max, fmt)  # max itself is no overflow
+    assert m.value == fmt.max and not m.overflow and "overflow" not in str(m)
+
+
+def test_describe_overflow_toward_zero():
+    # 70000 in float16 toward zero: floor(70000 / 32) * 32 = 69984 > 65504 with an unbounded
+    # exponent, so it overflows, and the mode gives the largest finite value
+    assert Fraction(70000) // 32 * 32 > Fraction(65504)
+    d = describe(70000, "fp16", "toward_zero")
+    assert d.overflow and d.value == 65504.0 and "saturates to 65504.0" in str(d)
+    d = describe(65519, "fp16")  # below max + ulp/2 = 65520: rounds to max, no overflow
+    assert d.value == 65504.0 and not d.overflow
+
+
+@pytest.mark.parametrize("fmt", BUILTINS, ids=_name)
+@pytest.mark.parametrize("value", [-1e-300, -0.0])
+def test_describe_says_sign_lost(fmt, value):
+    # a negative value that rounds to zero keeps its sign (-0) where the format has -0;
+    # fnuz formats have no -0 and give +0 (ml_dtypes' conversion decides, not mpgrad)
+    want = _cast(value, fmt)
+    d = describe(value, fmt)
+    assert d.value == want
+    assert d.sign_lost == (want == 0 and not np.signbit(want))
+    assert d.sign == int(np.signbit(want))
+    assert ("sign      lost" in str(d)) == d.sign_lost
+    assert not d.overflow and not d.became_nan
+
+
+def test_describe_nan_stays_nan_and_is_not_news():
+    d = describe(math.nan, "fp16")
+    assert d.kind == "nan" and not d.became_nan and not d.overflow and not d.sign_lost
+
+
+def test_describe_negative_float64():
+    # float64 codes are 64-bit: the sign bit must not make the pattern a negative integer
+    d = describe(-1.5, "float64")
+    want = format(struct.unpack("<Q", struct.pack("<d", -1.5))[0], "064b")
+    assert d.bits == want and d.sign == 1 and d.exponent_field == 1023
+    assert d.fraction_field == 1 << 51 and d.value == -1.5 and "1 01111111111 1000" in str(d)

@@ -95,3 +95,21 @@ def test_no_command_is_usage_error():
     r = run()
     assert r.returncode == 2  # argparse: the subcommand is required
     assert "usage" in r.stderr.lower()
+
+
+def test_version():
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout == f"mpgrad {mpgrad.__version__}\n"
+
+
+def test_describe_one_bad_format_does_not_silence_the_others():
+    r = run("describe", "1e6", "fp16", "bf17", "e4m3", "nope")
+    assert r.returncode == 2  # a bad argument value, as argparse reports them
+    assert "1000000.0 in float16" in r.stdout and "1000000.0 in float8_e4m3fn" in r.stdout
+    assert r.stdout.count("overflow") == 2  # 1e6 is beyond both formats' range
+    assert "'bf17'" in r.stderr and "'nope'" in r.stderr and "bf17" not in r.stdout
+
+
+def test_describe_bad_mode_is_usage_error():
+    r = run("describe", "0.1", "fp16", "--mode", "nearest")
+    assert r.returncode == 2 and "toward_zero" in r.stderr and not r.stdout

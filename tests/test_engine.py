@@ -189,3 +189,47 @@ def test_backward_under_a_strict_policy():
     strict = grads(lambda: mpgrad.use_policy(mpgrad.Policy.parse("f16", strict=True)))
     for a, b in zip(strict, grads(NONE)):
         mpgrad.testing.assert_bits_equal(a, b)
+
+
+# --- NaN in a format without NaN -------------------------------------------------------------
+
+# op -> (format, the op on mpgrad tensors, the same in float64); each is undefined somewhere:
+# 0/0, sqrt(-1), log(-1), (-1)**0.5
+NO_NAN_CASES = {
+    "div": ("float6_e2m3fn", lambda t: t(1.0, 0.0) / t(2.0, 0.0),
+            lambda: np.array([1.0, 0.0]) / 0.0),
+    "sqrt": ("float4_e2m1fn", lambda t: mpgrad.sqrt(t(4.0, -1.0)), lambda: np.sqrt([4.0, -1.0])),
+    "log": ("float6_e3m2fn", lambda t: mpgrad.log(t(1.0, -1.0)), lambda: np.log([1.0, -1.0])),
+    "pow": ("float6_e2m3fn", lambda t: t(-1.0) ** 0.5, lambda: np.power([-1.0], 0.5)),
+}
+
+
+@pytest.mark.parametrize("op", list(NO_NAN_CASES))
+def test_op_producing_nan_in_a_format_without_nan_says_so(op):
+    fmt, run, reference = NO_NAN_CASES[op]
+    with np.errstate(all="ignore"):
+        assert np.isnan(reference()).any()  # the exact result is NaN there
+    with pytest.raises(ValueError, match=f"{fmt} has no NaN: {op} produced NaN") as info:
+        run(lambda *v: mpgrad.tensor(np.array(v), dtype=fmt))
+    assert "input holds" not in str(info.value)  # (the message it used to give)
+
+
+def test_nan_input_to_a_format_without_nan_is_still_the_inputs_fault():
+    with pytest.raises(ValueError, match="input holds"):
+        mpgrad.tensor([np.nan], dtype="float32").to("float6_e2m3fn")
+
+
+def test_nan_in_backward_of_a_format_without_nan_says_so():
+    # 1/0 saturates to float6_e2m3fn's max (no inf, OCP MX); div's VJP g / b with g = 0 and
+    # b = 0 is 0/0: NaN in the backward pass, reported the same way
+    a = mpgrad.tensor([1.0], dtype="float6_e2m3fn", requires_grad=True)
+    b = mpgrad.tensor([0.0], dtype="float6_e2m3fn", requires_grad=True)
+    out = a / b
+    assert out.item() == 7.5  # 1.875 * 2**2, the largest float6_e2m3fn value
+    with pytest.raises(ValueError, match="float6_e2m3fn has no NaN: div produced NaN"):
+        out.backward(mpgrad.zeros(1, dtype="float6_e2m3fn"))
+
+
+def test_formats_with_nan_still_give_nan():
+    assert np.isnan((mpgrad.tensor([0.0], "f16") / mpgrad.tensor([0.0], "f16")).item())
+    assert np.isnan(mpgrad.sqrt(mpgrad.tensor([-1.0], "float8_e4m3fn")).item())

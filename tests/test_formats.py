@@ -18,12 +18,15 @@ import pytest
 
 import mpgrad
 from mpgrad import FORMATS, Format, as_format
+from mpgrad.numerics import format_of_dtype
+from mpgrad.numerics.codes import decode
 
 BUILTINS = list(FORMATS.values())
 WITH_FINFO = [f for f in BUILTINS if f.name != "tf32"]  # tf32 has no NumPy/ml_dtypes dtype
 BUILTIN_NAMES = ("float64", "float32", "tf32", "float16", "bfloat16", "float8_e4m3fn",
-                 "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float6_e2m3fn",
-                 "float6_e3m2fn", "float4_e2m1fn")
+                 "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e4m3",
+                 "float8_e3m4", "float8_e4m3b11fnuz", "float6_e2m3fn", "float6_e3m2fn",
+                 "float4_e2m1fn")
 
 
 def _name(f):
@@ -87,6 +90,87 @@ def test_nan_encoding_matches_ml_dtypes(fmt):
     assert float(np.nanmax(values[np.isfinite(values)])) == fmt.max
 
 
+SMALL = [f for f in WITH_FINFO if f.bits <= 16]
+
+
+def _patterns_of(fmt) -> np.ndarray:
+    return np.arange(2 ** fmt.bits, dtype=np.uint8 if fmt.storage.itemsize == 1 else np.uint16)
+
+
+@pytest.mark.parametrize("fmt", SMALL, ids=_name)
+def test_decoding_every_pattern_matches_ml_dtypes(fmt):
+    # mpgrad decodes a bit pattern from the Format's fields alone (bias, NaN encoding,
+    # infinities, signed zero); ml_dtypes' own conversion of the same pattern is the reference.
+    codes = _patterns_of(fmt)
+    with np.errstate(invalid="ignore"):
+        want = codes.view(_reference_dtype(fmt.name)).astype(np.float64)
+    got = decode(codes.astype(np.int64), fmt)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_array_equal(got[ok], want[ok])
+    np.testing.assert_array_equal(np.signbit(got[ok]), np.signbit(want[ok]))
+
+
+def _rounding_points(fmt) -> np.ndarray:
+    """Every value of fmt, the midpoints between neighbours (and the overflow threshold), and
+    the float32 numbers next to each: where a rounding rule shows. In float32, where all of
+    them are exact, since ml_dtypes 0.5.0's float64 casts round twice (through float32)."""
+    with np.errstate(invalid="ignore"):
+        v = np.unique(_patterns_of(fmt).view(fmt.storage).astype(np.float32))
+    v = v[np.isfinite(v)]
+    top = v[-1] + (v[-1] - v[-2]) / 2  # the overflow threshold (a tie: to even, beyond max)
+    mid = np.concatenate([v[:-1] + (v[1:] - v[:-1]) / 2, [top, -top]]).astype(np.float32)
+    up, down = np.float32(np.inf), np.float32(-np.inf)
+    return np.concatenate([v, mid, np.nextafter(mid, up), np.nextafter(mid, down),
+                           np.array([0.0, -0.0, np.inf, -np.inf, np.nan], np.float32)])
+
+
+@pytest.mark.parametrize("fmt", SMALL, ids=_name)
+def test_rounding_matches_ml_dtypes_conversion(fmt):
+    # round_to (nearest even) against ml_dtypes' float32 -> format cast, bit for bit: ties,
+    # overflow (to inf, NaN or saturation as the encoding says), -0 and NaN.
+    x = _rounding_points(fmt)
+    uint = _patterns_of(fmt).dtype
+    if not fmt.has_nan:  # OCP MX formats: NaN is refused (ml_dtypes turns it into a number)
+        x = x[~np.isnan(x)]
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = x.astype(_reference_dtype(fmt.name))
+        nan = np.isnan(want.astype(np.float64))
+    got = mpgrad.round_to(x, fmt)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(np.isnan(got.astype(np.float64)), nan)
+    np.testing.assert_array_equal(got.view(uint)[~nan], want.view(uint)[~nan])
+
+
+def test_ml_dtypes_floats_are_rows_when_a_format_can_hold_them():
+    # Every ml_dtypes floating dtype with a sign bit is a built-in format (formats are data);
+    # the others (float8_e8m0fnu: no sign and no zero; float8_e5m3fnu: no sign) cannot be a
+    # Format, whose values always come in +- pairs, and Tensor refuses their arrays.
+    for name in dir(ml_dtypes):
+        if not name.startswith(("float", "bfloat")) or name == "finfo":
+            continue
+        dt = np.dtype(getattr(ml_dtypes, name))
+        with np.errstate(invalid="ignore"):
+            values = np.arange(256, dtype=np.uint8).view(dt).astype(np.float64) \
+                if dt.itemsize == 1 else np.array([-1.0]).astype(dt).astype(np.float64)
+        signed = bool((values < 0).any())
+        assert (format_of_dtype(dt) is not None) == signed, name
+        if signed:
+            assert format_of_dtype(dt).name == name
+
+
+def test_new_formats_hand_checked():
+    # IEEE-style float8_e4m3 (bias 7, inf and NaN in the top exponent field): max 1.875 * 2**7;
+    # float8_e3m4 (bias 3): max (1 + 15/16) * 2**3; float8_e4m3b11fnuz (bias 11, fnuz):
+    # max 1.875 * 2**(15 - 11), smallest subnormal 2**(1 - 11 - 3).
+    e4m3, e3m4, b11 = (FORMATS[n] for n in ("float8_e4m3", "float8_e3m4", "float8_e4m3b11fnuz"))
+    assert (e4m3.max, e4m3.infinities, e4m3.has_nan) == (240.0, True, True)
+    assert (e3m4.max, e3m4.smallest_subnormal, e3m4.infinities) == (15.5, 2.0 ** -6, True)
+    assert (b11.max, b11.smallest_subnormal, b11.signed_zero, b11.infinities) == (
+        30.0, 2.0 ** -13, False, False)
+    assert as_format("e4m3") is mpgrad.float8_e4m3fn  # the OCP format keeps the short alias
+
+
 def test_tf32():
     f = mpgrad.tf32
     assert (f.exponent_bits, f.fraction_bits, f.bias, f.bits) == (8, 10, 127, 19)
@@ -141,7 +225,8 @@ def _check_against_enumeration(fmt, e, m, bias, nan, subnormals):
 def test_custom_e6m9():
     f = Format.custom(6, 9)
     assert f.name == "e6m9"
-    assert (f.exponent_bits, f.fraction_bits, f.bias, f.nan, f.subnormals) == (6, 9, 31, "ieee", True)
+    assert (f.exponent_bits, f.fraction_bits, f.bias, f.nan, f.subnormals) == (
+        6, 9, 31, "ieee", True)
     _check_against_enumeration(f, 6, 9, 31, "ieee", True)
     two = Fraction(2)  # by hand: emax = 62 - 31 = 31, emin = 1 - 31 = -30
     assert f.max == float((2 - two ** -9) * two ** 31)
@@ -190,7 +275,8 @@ def test_e1_ieee_format_max():
     ("float8_e4m3fn", "fn", None), ("float8_e4m3fnuz", "fnuz", 8),
     ("float8_e5m2fnuz", "fnuz", 16), ("float6_e2m3fn", "none", None),
     ("float6_e3m2fn", "none", None), ("float4_e2m1fn", "none", None),
-    ("float8_e5m2", "ieee", None), ("bfloat16", "ieee", None)])
+    ("float8_e5m2", "ieee", None), ("bfloat16", "ieee", None), ("float8_e4m3", "ieee", None),
+    ("float8_e3m4", "ieee", None), ("float8_e4m3b11fnuz", "fnuz", 11)])
 def test_custom_reproduces_ml_dtypes_formats(name, nan, bias):
     fi = ml_dtypes.finfo(getattr(ml_dtypes, name))
     f = Format.custom(int(fi.nexp), int(fi.nmant), bias=bias, nan=nan)
@@ -280,7 +366,8 @@ def test_invalid_custom_formats(args, kwargs, match):
     ("tf32", "tf32"), ("fp32", "float32"), ("e5m2", "float8_e5m2"), ("fp4", "float4_e2m1fn"),
     ("FP16", "float16"), ("BF16", "bfloat16"), ("E4M3", "float8_e4m3fn"), ("TF32", "tf32"),
     ("Float8_E5M2FNUZ", "float8_e5m2fnuz"), (" half ", "float16"), ("e2m3", "float6_e2m3fn"),
-    ("e3m2", "float6_e3m2fn"), ("e4m3fnuz", "float8_e4m3fnuz"), ("fp64", "float64")])
+    ("e3m2", "float6_e3m2fn"), ("e4m3fnuz", "float8_e4m3fnuz"), ("fp64", "float64"),
+    ("e3m4", "float8_e3m4"), ("float8_e4m3", "float8_e4m3"), ("e4m3b11fnuz", "float8_e4m3b11fnuz")])
 def test_as_format_aliases(alias, name):
     assert as_format(alias) is FORMATS[name]
 
@@ -342,14 +429,15 @@ def test_formats_are_frozen_and_hashable(fmt):
 
 
 def test_builtins_distinct():
-    assert len(set(BUILTINS)) == len(BUILTINS) == 12
-    assert len({f.layout for f in BUILTINS}) == 12
+    assert len(set(BUILTINS)) == len(BUILTINS) == len(BUILTIN_NAMES)
+    assert len({f.layout for f in BUILTINS}) == len(BUILTIN_NAMES)
 
 
 def test_top_level_exports():
     from mpgrad import (bfloat16, float4_e2m1fn, float6_e2m3fn, float6_e3m2fn,  # noqa: F401
-                        float8_e4m3fn, float8_e4m3fnuz, float8_e5m2, float8_e5m2fnuz, float16,
-                        float32, float64, tf32)
+                        float8_e3m4, float8_e4m3, float8_e4m3b11fnuz, float8_e4m3fn,
+                        float8_e4m3fnuz, float8_e5m2, float8_e5m2fnuz, float16, float32,
+                        float64, tf32)
     for name in BUILTIN_NAMES:
         assert getattr(mpgrad, name) is FORMATS[name]
         assert name in mpgrad.__all__

@@ -243,6 +243,36 @@ def test_autocast_keeps_float64_and_policy_uses_its_compute_format():
             F.softmax(tin((2, 3), "float32"))
 
 
+def test_linear_refuses_mixed_formats_outside_a_policy():
+    """An fp16 layer fed float64 data: refused (promotion would compute it all in float64),
+    as torch's F.linear refuses mixed dtypes; autocast or a Policy casts instead."""
+    w, b = tin((4, 6), "float16", seed=4), tin((4,), "float16", seed=5)
+    x64, x16 = tin((3, 6), "float64", seed=6), tin((3, 6), "float16", seed=6)
+    calls = [("float64 != float16", lambda: F.linear(x64, w, b)),
+             ("float16 != float32", lambda: F.linear(x16, w, b.to("float32"))),
+             ("bfloat16 != float16", lambda: F.linear(x16.to("bfloat16"), w)),
+             ("float16 != float32", lambda: mpgrad.nn.Linear(6, 4, rng=0)(x16))]
+    for names, call in calls:
+        with pytest.raises(RuntimeError, match=f"same format, but got: {names};") as info:
+            call()
+        assert "x.to(" in str(info.value) and "use_policy" in str(info.value)
+    assert F.linear(x16, w, b).dtype == mpgrad.float16
+    with mpgrad.autocast("float16"):
+        assert_bits_equal(F.linear(x64, w, b), F.linear(x16, w, b))
+    with mpgrad.use_policy("float32"):
+        assert F.linear(x64, w, b).dtype == mpgrad.float32
+
+
+def test_torch_refuses_the_same_mixed_linears():
+    torch = pytest.importorskip("torch")
+    h, d = torch.ones(4, 6, dtype=torch.float16), torch.ones(3, 6, dtype=torch.float64)
+    for call in (lambda: torch.nn.functional.linear(d, h),
+                 lambda: torch.nn.functional.linear(h[:3], h, torch.ones(4)),
+                 lambda: torch.nn.Linear(6, 4)(h[:3])):
+        with pytest.raises(RuntimeError, match="same dtype"):
+            call()
+
+
 # --- PyTorch CPU float32 -----------------------------------------------------------------------
 
 def elementwise_ulps(got, want) -> int:

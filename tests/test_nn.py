@@ -9,6 +9,7 @@ Linear under autocast bit for bit against its documented sequence.
 from __future__ import annotations
 
 import math
+import os
 import zipfile
 
 import numpy as np
@@ -181,6 +182,48 @@ def test_load_state_dict_refuses_and_loads_nothing():
         dst.load_state_dict({"scale": mpgrad.zeros(2)}, strict=False)
 
 
+def test_a_refused_load_changes_nothing():
+    """Neither values nor parameter objects nor gradients: the load is all or nothing."""
+    m = Block()
+    m.scale.grad = mpgrad.ones(3)
+    ids, before = [id(p) for p in m.parameters()], bits_of(m)
+    sd = {n: mpgrad.full(p.shape, 2.0, dtype=p.dtype) for n, p in m.named_parameters()}
+    sd["norm.bias"] = mpgrad.zeros(3, dtype="float64")  # the last one is wrong
+    with pytest.raises(ValueError, match="nothing loaded"):
+        m.load_state_dict(sd)
+    assert same_bits(bits_of(m), before) and ids == [id(p) for p in m.parameters()]
+    assert m.scale.grad.to_float64().tolist() == [1.0] * 3
+    with pytest.raises(TypeError, match="dict of name -> Tensor"):
+        m.load_state_dict(list(sd.items()))
+
+
+def test_load_state_dict_takes_a_torch_state_dict():
+    """torch.nn.Linear in float16 -> mpgrad Linear: the same bits; shapes and formats checked."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    src = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(),
+                              torch.nn.Linear(4, 2)).to(torch.float16)
+    dst = nn.MLP((3, 4, 2), dtype="float16", rng=5)
+    result = dst.load_state_dict(src.state_dict())
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    for name, t in src.state_dict().items():
+        mine = dict(dst.named_parameters())[name]
+        assert mine.dtype == mpgrad.float16 and mine.shape == tuple(t.shape)
+        assert mpgrad.to_bits(mine.data, "float16").tolist() == \
+            t.view(torch.int16).numpy().astype(np.uint16).tolist()
+    before = bits_of(dst)
+    with pytest.raises(ValueError, match="0.weight: format float32 in the state dict, float16"):
+        dst.load_state_dict({**src.state_dict(), "0.weight": torch.zeros(4, 3)})
+    with pytest.raises(ValueError, match=r"2.bias: shape \(3,\) in the state dict"):
+        dst.load_state_dict({**src.state_dict(), "2.bias": torch.zeros(3, dtype=torch.float16)})
+    assert same_bits(bits_of(dst), before)
+    grads = torch.nn.Linear(3, 4).to(torch.float16)  # parameters that require grad
+    lin = nn.Linear(3, 4, dtype="float16", rng=0)
+    lin.load_state_dict({k: v for k, v in grads.named_parameters()})
+    assert mpgrad.to_bits(lin.bias.data, "float16").tolist() == \
+        grads.bias.detach().view(torch.int16).numpy().astype(np.uint16).tolist()
+
+
 def special_values(fmt: str, n: int) -> np.ndarray:
     """n values of fmt: signed zeros, subnormals, the largest value, inf/NaN where it has them."""
     f = mpgrad.as_format(fmt)
@@ -198,9 +241,9 @@ def test_save_load_bit_exact(tmp_path, fmt):
     m = Block().to(fmt)
     for p in m.parameters():
         p.copy_(special_values(fmt, p.size).reshape(p.shape))
-    path = tmp_path / "model.ckpt"  # any name: nothing is appended
+    path = tmp_path / "model.ckpt"  # any name: nothing is appended, no temporary file left
     m.save(path)
-    assert path.exists() and not (tmp_path / "model.ckpt.partial").exists()
+    assert os.listdir(tmp_path) == ["model.ckpt"]
     sd = nn.load(path)
     assert list(sd) == [n for n, _ in m.named_parameters()]
     for name, p in m.named_parameters():
@@ -241,6 +284,7 @@ def test_bad_files_are_refused_with_nothing_loaded(tmp_path):
     Block().to("float32").save(good)
     with np.load(good) as f:
         entries = {k: f[k] for k in f.files}
+    tree = str(entries["__tree__"])
 
     def write(name: str, **changes) -> str:
         path = tmp_path / name
@@ -248,24 +292,30 @@ def test_bad_files_are_refused_with_nothing_loaded(tmp_path):
             np.savez(out, **{k: v for k, v in {**entries, **changes}.items() if v is not None})
         return path
 
-    names = entries["__names__"].copy()
-    names[0] = "wrong"
-    shapes = dict(entries)
-    shapes["p6"] = np.zeros(4, np.uint32)  # norm.bias with 4 elements
-    formats = entries["__formats__"].copy()
-    formats[6] = "float16"
-    layouts = entries["__layouts__"].copy()
-    layouts[6] = "5,10,15,ieee,1"
+    def edited(old: str, new: str) -> np.ndarray:
+        assert old in tree
+        return np.array(tree.replace(old, new, 1))
+
+    f16 = '"float16", "5,10,15,ieee,1"'
     cases = [
-        (write("names.npz", __names__=names), ValueError, "missing parameters: scale"),
-        (write("shape.npz", p6=np.zeros(4, np.uint32)), ValueError, r"norm.bias: shape \(4,\)"),
-        (write("format.npz", __formats__=formats, __layouts__=layouts, p6=np.zeros(3, np.uint16)),
+        (write("names.npz", __tree__=edited('"scale"', '"wrong"')), ValueError,
+         "missing parameters: scale"),
+        (write("shape.npz", t6=np.zeros(4, np.uint32)), ValueError, r"norm.bias: shape \(4,\)"),
+        (write("format.npz", __tree__=edited('[6, "float32", "8,23,127,ieee,1"]', f"[6, {f16}]"),
+               t6=np.zeros(3, np.uint16)),
          ValueError, "norm.bias: format float16 in the state dict, float32"),
-        (write("dtype.npz", p6=np.zeros(3, np.uint16)), ValueError, "expected uint32"),
+        (write("dtype.npz", t6=np.zeros(3, np.uint16)), ValueError, "expected uint32"),
         (write("marker.npz", __mpgrad_nn__=None), ValueError, "marker"),
+        (write("v1.npz", __mpgrad_nn__=np.array("mpgrad.nn checkpoint v1")), ValueError,
+         "marker"),
+        (write("notree.npz", __tree__=None), ValueError, "no __tree__"),
+        (write("json.npz", __tree__=np.array(tree[:-1])), ValueError, "not JSON"),
+        (write("node.npz", __tree__=edited('"tensor"', '"tensr"')), ValueError,
+         r"state\['scale'\]: .* is not a node"),
+        (write("twice.npz", __tree__=edited("[1, ", "[0, ")), ValueError, "used twice"),
         (write("extra.npz", junk=np.zeros(2)), ValueError, r"entries \['junk'\] not expected"),
-        (write("absent.npz", p3=None), ValueError, r"\['p3'\] absent"),
-        (write("object.npz", p6=np.array([object()], dtype=object)), ValueError,
+        (write("absent.npz", t3=None), ValueError, "t3 is absent"),
+        (write("object.npz", t6=np.array([object()], dtype=object)), ValueError,
          "not an mpgrad.nn checkpoint"),
         (tmp_path / "missing.npz", FileNotFoundError, "no mpgrad.nn checkpoint"),
     ]
@@ -281,8 +331,8 @@ def test_bad_files_are_refused_with_nothing_loaded(tmp_path):
     Block().to("float6_e2m3fn").save(six)
     with np.load(six) as f:
         entries = {k: f[k] for k in f.files}
-    entries["p0"] = np.full(3, 200, np.uint8)  # a code beyond the 6-bit format
-    with pytest.raises(ValueError, match="scale: float6_e2m3fn bit patterns lie in"):
+    entries["t0"] = np.full(3, 200, np.uint8)  # a code beyond the 6-bit format
+    with pytest.raises(ValueError, match=r"state\['scale'\]: float6_e2m3fn bit patterns lie in"):
         nn.load(write("six-bad.npz"))
 
 
@@ -427,11 +477,13 @@ def test_linear_autocast_float16_adds_the_bias_in_float16():
         assert nn.MLP((6, 5, 2), rng=0)(x).dtype == mpgrad.bfloat16
 
 
-def test_linear_promotes_without_policy_and_follows_a_policy():
+def test_linear_refuses_mixed_formats_without_policy_and_follows_a_policy():
     lin = nn.Linear(6, 4, rng=0)
     x16 = mpgrad.randn(3, 6, rng=1, dtype="float16")
-    assert lin(x16).dtype == mpgrad.float32  # promotion: float16 with float32 weights
-    assert nn.Linear(6, 4, dtype="bf16", rng=0)(x16).dtype == mpgrad.float32
+    with pytest.raises(RuntimeError, match="float16 != float32"):  # as torch: no promotion
+        lin(x16)
+    with pytest.raises(RuntimeError, match="float16 != bfloat16"):
+        nn.Linear(6, 4, dtype="bf16", rng=0)(x16)
     with mpgrad.use_policy("p=f32,c=bf16,o=f32"):
         assert lin(x16).dtype == mpgrad.bfloat16
     with mpgrad.use_policy(mpgrad.Policy(compute="float16", strict=True)):

@@ -441,6 +441,55 @@ def test_float16_plus_bfloat16_is_one_float32_rounding():
     compare(got, want, F32, "float16 + bfloat16")
 
 
+# matmul refuses operands of two formats outside autocast or a Policy, as torch.matmul
+# refuses two dtypes (promoting would run an fp16 model fed float64 data in float64)
+MIXED_MATMUL = [(F16, mpgrad.float64), (F16, F32), (BF16, F16), (E4M3, E5M2), (F32, BF16)]
+
+
+@pytest.mark.parametrize("fa,fb", MIXED_MATMUL, ids=lambda f: f.name)
+def test_matmul_refuses_mixed_formats_outside_a_policy(fa, fb):
+    a, b = mpgrad.ones(2, 3, dtype=fa), mpgrad.ones(3, 2, dtype=fb)
+    narrow = min(fa, fb, key=lambda f: f.precision).name
+    for x, y in ((a, b), (b.T, a.T), (a[0], b), (a, b[:, 0]), (a.reshape(1, 2, 3), b)):
+        with pytest.raises(RuntimeError, match=f"same format, but got: {x.dtype.name} != "
+                                               f"{y.dtype.name}") as info:
+            mpgrad.matmul(x, y)
+        assert f"x.to({narrow!r})" in str(info.value)
+        assert "mpgrad.autocast(" in str(info.value) and "mpgrad.use_policy(" in str(info.value)
+    with mpgrad.autocast(narrow):  # autocast lowers matmul: both operands cast to its format
+        assert (a @ b).dtype == mpgrad.as_format(narrow)
+    with mpgrad.use_policy(mpgrad.Policy(fb, fb, fb)):
+        assert (a @ b).dtype == fb
+    with mpgrad.autocast("float16", lower={"mul"}):  # matmul not lowered: refused again
+        with pytest.raises(RuntimeError, match="same format"):
+            a @ b
+
+
+def test_torch_refuses_the_same_mixed_matmuls():
+    torch = pytest.importorskip("torch")
+    dtypes = {F16: torch.float16, BF16: torch.bfloat16, F32: torch.float32,
+              mpgrad.float64: torch.float64}
+    for fa, fb in MIXED_MATMUL:
+        if fa in dtypes and fb in dtypes:
+            with pytest.raises(RuntimeError, match="same dtype"):
+                torch.matmul(torch.ones(2, 3, dtype=dtypes[fa]), torch.ones(3, 2, dtype=dtypes[fb]))
+
+
+def test_matmul_with_data_beside_a_tensor_is_not_mixed():
+    """A NumPy float64 array or a list beside a Tensor takes the tensor's format (rounded
+    once, as a Python number is), and a matmul's backward stays in that format."""
+    a = mpgrad.tensor(encode([[1.0, 2.0 ** -11, 3.0]], F16), dtype=F16, requires_grad=True)
+    data = np.array([[1 + 2.0 ** -12], [2.0], [1 / 3]])
+    for other in (data, data.tolist()):
+        y = mpgrad.matmul(a, other)
+        rounded = [ref_round(Fraction(v), F16, NE) for v in data.ravel()]
+        exact = sum(Fraction(u) * Fraction(v) for u, v in zip([1.0, 2.0 ** -11, 3.0], rounded))
+        want = ref_round(Fraction(ref_round(exact, F32, NE)), F16, NE)
+        assert y.dtype == F16 and y.item() == want
+    y.backward()
+    assert a.grad.dtype == F16 and a.grad.shape == (1, 3)
+
+
 # Python numbers: rounded to the tensor's format first (weak typing), then the operation.
 NUMBER_CASES = [
     ("mul", 0.1, False), ("mul", 0.1, True), ("add", 0.1, False), ("sub", 1, True),
@@ -739,8 +788,8 @@ def test_reduction_long_and_empty():
             "bfloat16 sum of 50000")
     empty = mpgrad.tensor(np.zeros((3, 0), dtype=np.float16), dtype=F16)
     compare(mpgrad.sum(empty, axis=1), np.zeros(3), F16, "float16 sum over an empty axis")
-    with pytest.raises(ValueError):
-        mpgrad.mean(empty, axis=1)
+    compare(mpgrad.mean(empty, axis=1), np.full(3, np.nan), F16,  # as torch.mean: no terms
+            "float16 mean over an empty axis")
 
 
 def test_mean_rounds_once_not_twice():

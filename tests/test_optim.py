@@ -476,6 +476,152 @@ def test_master_state_dict_refused_without_master():
         SGD([leaf([1.0, 2.0], BF16)], lr=0.1, momentum=0.9).load_state_dict(opt.state_dict())
 
 
+# --- state derived from the parameters (master copy, Kahan compensation) -----------------
+
+def test_loading_the_model_refreshes_the_master_copy():
+    """The issue's run: Linear in float16, SGD with a float32 master; save the model, 2 steps,
+    load the saved model, 1 step: the step starts from the loaded weights, re-widened, with
+    the momentum buffer kept (torch keeps it too)."""
+    lin = mpgrad.nn.Linear(2, 1, dtype=F16, rng=0)
+    opt = SGD(lin.parameters(), lr=0.1, momentum=0.9, master_dtype="float32")
+    saved = lin.state_dict()
+    x = mpgrad.tensor([[1.0, 1.0]], dtype=F16)  # weight and bias gradients: all ones
+
+    def step():
+        opt.zero_grad()
+        lin(x).sum().backward()
+        opt.step()
+
+    step(), step()
+    lin.load_state_dict(saved)
+    step()
+    F, lr, mom = Fraction, Fraction(rn(-0.1)), Fraction(rn(0.9))
+    buf = 1.0  # step 1: the gradient; then buf = fma(1 - 0, g, round(buf * 0.9)), twice
+    for _ in range(2):
+        buf = rn(1 + F(rn(F(buf) * mom)))
+    for name, p in lin.named_parameters():
+        w0 = saved[name].to_float64().ravel()
+        master = [rn(F(w) + lr * F(buf)) for w in w0]  # from the loaded weights, exactly
+        np.testing.assert_array_equal(opt.state[p]["master"].to_float64().ravel(), master)
+        np.testing.assert_array_equal(p.to_float64().ravel(), [rn(m, F16) for m in master])
+        np.testing.assert_array_equal(opt.state[p]["momentum_buffer"].to_float64(),
+                                      np.full(p.shape, buf))
+
+
+def test_copy_into_a_parameter_resets_the_kahan_compensation():
+    """kahan=True: p.copy_ between steps starts the compensation again from zero."""
+    p = leaf([1.0, 3.0], BF16)
+    opt = SGD([p], lr=0.003, kahan=True)
+    for g in ([1.0, 0.5], [2.0, -1.5]):
+        p.grad = mpgrad.tensor(g, dtype=BF16)
+        opt.step()
+    assert np.any(opt.state[p]["kahan_comp"].to_float64() != 0)
+    p.copy_(np.array([2.0, -1.0]))
+    p.grad = mpgrad.tensor([0.25, 1.0], dtype=BF16)
+    opt.step()
+    F, lr = Fraction, Fraction(rn(-0.003, BF16))
+    c = [rn(lr * F(g), BF16) for g in (0.25, 1.0)]  # c = fma(-lr, g, 0)
+    want = [rn(F(x) + F(ci), BF16) for x, ci in zip((2.0, -1.0), c)]
+    c = [rn(F(ci) + F(rn(F(x) - F(y), BF16)), BF16) for ci, x, y in zip(c, (2.0, -1.0), want)]
+    np.testing.assert_array_equal(p.to_float64(), want)
+    np.testing.assert_array_equal(opt.state[p]["kahan_comp"].to_float64(), c)
+
+
+def test_reloading_the_same_bits_keeps_the_master():
+    """A parameter that holds the bits the last step wrote keeps its more precise master."""
+    p0, grads = data(steps=4)
+    runs = []
+    for reload in (False, True):
+        p = leaf(mpgrad.round_to(p0, F16), F16)
+        opt = SGD([p], lr=1e-3, master_dtype="float32")
+        for i, g in enumerate(grads):
+            if reload and i == 2:
+                p.data = np.array(p.data)  # new storage, same bits
+                p.data.flags.writeable = False
+            p.grad = mpgrad.tensor(g, dtype=F16)
+            opt.step()
+        runs.append((p.numpy().copy(), opt.state[p]["master"].numpy().copy()))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert not np.array_equal(mpgrad.to_float64(runs[0][1]), mpgrad.to_float64(runs[0][0]))
+
+
+@pytest.mark.parametrize("model_first", [True, False])
+def test_model_and_optimizer_load_in_either_order(model_first):
+    """Rolling a run back to a checkpoint of model + optimizer redoes its steps exactly,
+    whichever is loaded first (the loaded master copy holds, whatever the parameter held
+    when it was loaded)."""
+    p0, grads = data(steps=5)
+    p = leaf(mpgrad.round_to(p0, BF16), BF16)
+    opt = Adam([p], lr=0.01, master_dtype="float32")
+    trajectory = []
+    for i, g in enumerate(grads):
+        if i == 3:
+            model, state = p.detach(), opt.state_dict()
+        p.grad = mpgrad.tensor(g, dtype=BF16)
+        opt.step()
+        trajectory.append((p.numpy().copy(), opt.state[p]["master"].numpy().copy()))
+    loads = [lambda: p.copy_(model), lambda: opt.load_state_dict(state)]
+    for load in (loads if model_first else loads[::-1]):
+        load()
+    for g, (weights, master) in zip(grads[3:], trajectory[3:]):
+        p.grad = mpgrad.tensor(g, dtype=BF16)
+        opt.step()
+        np.testing.assert_array_equal(p.numpy(), weights)
+        np.testing.assert_array_equal(opt.state[p]["master"].numpy(), master)
+
+
+def test_the_optimizers_own_generator_is_saved():
+    """update_mode='stochastic' with rng=seed: the generator's state is in the state_dict, so a
+    resumed optimizer rounds as the uninterrupted one; None when it draws from the global one."""
+    p0, grads = data(steps=6)
+    p0 = mpgrad.round_to(p0, BF16)
+    p = leaf(p0, BF16)
+    opt = SGD([p], lr=0.01, update_mode="stochastic", rng=7)
+    for i, g in enumerate(grads):
+        if i == 3:
+            model, state = p.detach(), opt.state_dict()
+        p.grad = mpgrad.tensor(g, dtype=BF16)
+        opt.step()
+    assert state["rng"]["bit_generator"] == "PCG64"
+    q = leaf(model.to_float64(), BF16)
+    resumed = SGD([q], lr=0.01, update_mode="stochastic", rng=123)
+    resumed.load_state_dict(state)
+    for g in grads[3:]:
+        q.grad = mpgrad.tensor(g, dtype=BF16)
+        resumed.step()
+    np.testing.assert_array_equal(q.numpy(), p.numpy())
+    assert SGD([leaf([1.0])], lr=0.1).state_dict()["rng"] is None
+    with pytest.raises(ValueError, match="create this one without rng="):
+        SGD([leaf([1.0])], lr=0.1, rng=3).load_state_dict(
+            SGD([leaf([1.0])], lr=0.1).state_dict())
+    with pytest.raises(ValueError, match="create this one with rng="):
+        SGD([leaf([1.0])], lr=0.1).load_state_dict(SGD([leaf([1.0])], lr=0.1, rng=3).state_dict())
+
+
+@pytest.mark.parametrize("corrupt,match", [
+    (lambda sd: sd["param_groups"][0].update(params=["0"]), "list of parameter indices"),
+    (lambda sd: sd["param_groups"][0].update(params=(0,)), "list of parameter indices"),
+    (lambda sd: sd["rng"].update(has_uint32=2), r"rng.*has_uint32"),
+    (lambda sd: sd["rng"]["state"].update(inc=2), r"rng.*odd"),
+    (lambda sd: sd["rng"].update(bit_generator="MT19937"), r"rng.*PCG64"),
+    (lambda sd: sd.pop("rng"), "keys"),
+])
+def test_bad_groups_and_generators_are_refused(corrupt, match):
+    p = leaf([1.0, 2.0], BF16)
+    opt = SGD([p], lr=0.1, momentum=0.9, master_dtype="float32", update_mode="stochastic",
+              rng=0)
+    p.grad = mpgrad.tensor([1.0, -1.0], dtype=BF16)
+    opt.step()
+    bad, before = opt.state_dict(), opt.state_dict()
+    corrupt(bad)
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(bad)
+    after = opt.state_dict()
+    assert after["rng"] == before["rng"] and after["param_groups"] == before["param_groups"]
+    assert np.array_equal(after["state"][0]["master"].numpy(), before["state"][0]["master"].numpy())
+
+
 # --- clipping ------------------------------------------------------------------------------
 
 def _grads_pair(torch, arrays):

@@ -403,3 +403,202 @@ def test_clamp_behaviour():
     assert values(mpgrad.clamp(t, min=0.1))[0] == 1638 * 2**-14
     with pytest.raises(ValueError, match="min, max or both"):
         mpgrad.clamp(t)
+
+
+# --- what a tensor is made from, and what it refuses ------------------------------------------
+
+@pytest.mark.parametrize("data", [None, [1.0, None], [[1.0], [None]], "1.5", ["1.0", "2.0"],
+                                  b"1", {"a": 1}, {1.0, 2.0}, [1.0, {}], 1j, [1.0, 2j],
+                                  np.array(["2020-01-01"], dtype="datetime64[D]")],
+                         ids=["None", "list-None", "nested-None", "str", "list-str", "bytes",
+                              "dict", "set", "list-dict", "complex", "list-complex",
+                              "datetime"])
+def test_non_numbers_are_a_type_error(data):
+    # (None used to become NaN, and complex/strings gave NumPy's own errors)
+    for make in (mpgrad.tensor, mpgrad.Tensor, lambda d: mpgrad.tensor(d, dtype="bf16")):
+        with pytest.raises(TypeError, match="cannot make a tensor|has no mpgrad format"):
+            make(data)
+
+
+@pytest.mark.parametrize("other", [None, "a", [1.0, None], {"a": 1}], ids=repr)
+def test_non_number_operands_are_a_type_error(other):
+    t = mpgrad.tensor([1.0, 2.0], dtype="f16")
+    for op in (lambda: t + other, lambda: other + t, lambda: t * other, lambda: other / t,
+               lambda: t < other, lambda: mpgrad.maximum(t, other)):
+        with pytest.raises(TypeError, match="None|cannot make a tensor"):
+            op()
+
+
+def test_ragged_lists_are_a_value_error():
+    with pytest.raises(ValueError, match="cannot make a tensor"):
+        mpgrad.tensor([[1.0], [1.0, 2.0]])
+
+
+def test_python_ints_are_exact_or_refused():
+    # 2**70 is a float64 (and float32) value; 2**70 + 1 is not a float64: rounding it to
+    # float64 first would be a second rounding, so it is refused
+    assert mpgrad.tensor([2**70, 3]).to_float64().tolist() == [2.0**70, 3.0]
+    with pytest.raises(ValueError, match="not exact in float64"):
+        mpgrad.tensor([2**70 + 1, 1])
+    with pytest.raises(ValueError, match="not exact in float64"):
+        mpgrad.tensor([2**1100, 1])
+    assert np.isnan(mpgrad.tensor([float("nan"), 2**70]).to_float64()[0])
+
+
+def test_integer_and_bool_arrays_round_once_to_the_default_format():
+    # mpgrad has floating formats only: integer data (Python or NumPy) is rounded once to the
+    # default float32, as torch.tensor(ints, dtype=torch.float32). 2**24 + 1 is a tie between
+    # the float32 neighbours 2**24 and 2**24 + 2: to even, 2**24.
+    for data in ([2**24 + 1, 7], np.array([2**24 + 1, 7], np.int64),
+                 np.array([2**24 + 1, 7], np.uint32)):
+        t = mpgrad.tensor(data)
+        assert t.dtype == mpgrad.float32
+        assert values(t) == [mpfr_round(2**24 + 1, "float32"), 7.0] == [2.0**24, 7.0]
+    b = mpgrad.tensor(np.array([True, False]))
+    assert b.dtype == mpgrad.float32 and values(b) == [1.0, 0.0]
+
+
+def _ml_dtype(name):
+    if not hasattr(ml_dtypes, name):
+        pytest.skip(f"ml_dtypes {ml_dtypes.__version__} has no {name}")
+    return np.dtype(getattr(ml_dtypes, name))
+
+
+@pytest.mark.parametrize("name", ["float8_e8m0fnu", "float8_e5m3fnu"])
+def test_ml_dtypes_floats_without_a_format_are_refused(name):
+    # no sign bit (and for e8m0fnu no zero): no Format row can hold them
+    dt = _ml_dtype(name)
+    a = np.array([0.5, 2.0, 4.0]).astype(dt)
+    with pytest.raises(TypeError, match=f"dtype {name} has no mpgrad format.*dtype="):
+        mpgrad.tensor(a)
+    # with a format given, their exact values are rounded once (here exactly)
+    t = mpgrad.tensor(a, dtype="float32")
+    assert t.dtype == mpgrad.float32 and values(t) == a.astype(np.float64).tolist()
+
+
+@pytest.mark.parametrize("name", ["int4", "uint4", "int2", "uint2", "int1", "uint1",
+                                  "complex32", "bcomplex32"])
+def test_ml_dtypes_integers_and_complex_are_refused(name):
+    a = np.zeros(3, _ml_dtype(name))
+    for dtype in (None, "float32"):
+        with pytest.raises(TypeError, match=f"dtype {name} has no mpgrad format.*convert it"):
+            mpgrad.tensor(a, dtype=dtype)
+
+
+@pytest.mark.parametrize("name", ["float8_e4m3", "float8_e3m4", "float8_e4m3b11fnuz",
+                                  "float8_e5m2fnuz", "float16", "bfloat16"])
+def test_arrays_keep_their_format_and_every_bit(name):
+    # every bit pattern, NaN payloads and -0 included, comes back as it was given (these
+    # formats used to become float32, or had their NaNs replaced by the canonical NaN)
+    dt = _reference_storage(name)
+    codes = np.arange(2 ** (8 * dt.itemsize), dtype=np.uint8 if dt.itemsize == 1 else np.uint16)
+    a = codes.view(dt)
+    t = mpgrad.tensor(a)
+    assert t.dtype.name == name and t.numpy().dtype == dt
+    np.testing.assert_array_equal(t.numpy().view(codes.dtype), codes)
+    assert a.flags.writeable  # the caller's array is copied, not frozen
+
+
+def _reference_storage(name):
+    return np.dtype(np.float16) if name == "float16" else _ml_dtype(name)
+
+
+def test_explicit_dtype_still_rounds_once():
+    a = np.array([1 + 2**-8 + 2**-20, np.nan], np.float32)  # above bfloat16's midpoint
+    t = mpgrad.tensor(a, dtype="bf16")
+    assert values(t)[0] == mpfr_round(float(a[0]), "bfloat16") == 1 + 2**-7
+
+
+# --- NumPy and Python protocols ---------------------------------------------------------------
+
+def test_array_protocol_gives_the_storage():
+    t = mpgrad.tensor([0.1, -2.0], dtype="bf16")
+    a = np.asarray(t)
+    assert a.dtype == ml_dtypes.bfloat16 and np.shares_memory(a, t.numpy())
+    assert not a.flags.writeable  # the tensor's storage is never changed in place
+    assert a.astype(np.float64).tolist() == values(t)
+    c = np.array(t)  # a copy (NumPy 2: copy=True is passed; NumPy 1: np.array copies)
+    assert c.flags.writeable and not np.shares_memory(c, t.numpy())
+    wide = np.asarray(t, dtype=np.float64)  # a widening is exact
+    assert wide.tolist() == values(t)
+
+
+@pytest.mark.skipif(np.lib.NumpyVersion(np.__version__) < "2.0.0", reason="NumPy 2's copy=")
+def test_array_protocol_copy_false():
+    t = mpgrad.tensor([0.1, -2.0], dtype="f16")
+    assert np.shares_memory(np.asarray(t, copy=False), t.numpy())
+    with pytest.raises(ValueError, match="needs a copy"):
+        np.asarray(t, dtype=np.float64, copy=False)
+    assert np.asarray(t, dtype=np.float16, copy=False).dtype == np.float16
+
+
+def test_numpy_functions_take_tensors():
+    # NumPy sees the stored float16 values (it bins in float16, as it does for that array)
+    x = mpgrad.tensor(np.linspace(-1, 1, 101), dtype="f16")
+    counts, edges = np.histogram(x, bins=5)
+    want_counts, want_edges = np.histogram(np.linspace(-1, 1, 101).astype(np.float16), bins=5)
+    assert counts.tolist() == want_counts.tolist() and edges.tolist() == want_edges.tolist()
+    assert counts.sum() == 101 and edges.dtype == np.float16
+    stacked = np.stack([x, x])
+    assert stacked.shape == (2, 101) and stacked.dtype == np.float16
+
+
+def test_float_and_int_of_one_element():
+    t = mpgrad.tensor([[-2.75]], dtype="f16")
+    assert float(t) == -2.75 and isinstance(float(t), float)
+    assert int(t) == -2 == int(-2.75)  # toward zero, as int() and PyTorch
+    assert int(mpgrad.tensor(7.0)) == 7
+    for bad in (mpgrad.tensor([1.0, 2.0]), mpgrad.zeros(0)):
+        with pytest.raises(ValueError, match="only one element tensors"):
+            float(bad)
+        with pytest.raises(ValueError, match="only one element tensors"):
+            int(bad)
+    with pytest.raises(ValueError, match="NaN"):
+        int(mpgrad.tensor(float("nan")))
+
+
+@pytest.mark.parametrize("value, truth", [(0.0, False), (-0.0, False), (2.0**-24, True),
+                                          (-1.0, True), (float("nan"), True),
+                                          (float("inf"), True)])
+def test_bool_of_one_element(value, truth):
+    # as PyTorch (and Python's bool of a float); it used to be len() > 0, True for [0.0]
+    for shape in ((), (1,), (1, 1)):
+        assert bool(mpgrad.tensor(np.full(shape, value), dtype="f16")) is truth
+
+
+def test_bool_of_several_or_no_elements_is_an_error():
+    with pytest.raises(RuntimeError, match="more than one value is ambiguous"):
+        bool(mpgrad.tensor([0.0, 0.0]))
+    with pytest.raises(RuntimeError, match="more than one value is ambiguous"):
+        bool(mpgrad.tensor([[1.0], [2.0]]))
+    with pytest.raises(RuntimeError, match="no values is ambiguous"):
+        bool(mpgrad.zeros(0, 3))
+
+
+@pytest.mark.parametrize("scalar", [np.float32(0.1), np.float64(0.1), np.float16(0.1)],
+                         ids=["np.float32", "np.float64", "np.float16"])
+def test_numpy_scalars_and_arrays_on_the_left_dispatch_to_mpgrad(scalar):
+    # __array_priority__: NumPy defers to Tensor's reflected operators, so the result is a
+    # Tensor rounded as mpgrad rounds (the weak scalar is rounded to float16 first), not a
+    # NumPy array computed by NumPy.
+    t = f16(3.0, -5.0)
+    s16 = Fraction(mpfr_round(float(scalar), "float16"))
+    for result, want in ((scalar * t, [3 * s16, -5 * s16]), (scalar + t, [s16 + 3, s16 - 5]),
+                         (scalar - t, [s16 - 3, s16 + 5]), (scalar / t, [s16 / 3, s16 / -5])):
+        assert isinstance(result, mpgrad.Tensor) and result.dtype == mpgrad.float16
+        assert values(result) == [mpfr_round(w, "float16") for w in want]
+    a = np.array([scalar, 2 * scalar])  # an ndarray on the left: the same rule, elementwise
+    result = a * t
+    assert isinstance(result, mpgrad.Tensor) and result.dtype == mpgrad.float16
+    s2 = Fraction(mpfr_round(float(a[1]), "float16"))
+    assert values(result) == [mpfr_round(3 * s16, "float16"), mpfr_round(-5 * s2, "float16")]
+
+
+def test_core_does_not_import_torch():
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np, mpgrad; t = mpgrad.tensor([1.0, 2.0], requires_grad=True);"
+            " (t * t).sum().backward(); np.asarray(t); mpgrad.tensor(np.ones(2, np.float16));"
+            " assert 'torch' not in sys.modules, 'torch was imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

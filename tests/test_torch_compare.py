@@ -300,3 +300,121 @@ def test_exp_sum_gradients_close_to_torch_float64():
     np.testing.assert_allclose(lm.numpy(), lt.detach().numpy(), rtol=1e-13)
     np.testing.assert_allclose(ma.grad.numpy(), ta.grad.numpy(), rtol=1e-13)
     np.testing.assert_allclose(mb.grad.numpy(), tb.grad.numpy(), rtol=1e-13)
+
+
+# --- tensors in and out: mpgrad.tensor(torch tensor) and Tensor.to_torch() ------------------
+
+SHARED = ["float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+          "float8_e5m2fnuz", "float32", "float64"]
+_INTS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_NP_INTS = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}
+
+
+def _torch_patterns(name: str) -> torch.Tensor:
+    """Every bit pattern of an 8/16-bit torch dtype; 2**16 random ones (NaN payloads, -0 and
+    infinities among them) of float32/float64."""
+    dtype = getattr(torch, name)
+    size = torch.empty((), dtype=dtype).element_size()
+    if size <= 2:
+        codes = np.arange(2 ** (8 * size), dtype=np.uint8 if size == 1 else np.uint16)
+    else:
+        rng = np.random.default_rng(zlib.crc32(name.encode()))
+        codes = rng.integers(0, 2 ** 63, 2 ** 16, dtype=np.uint64, endpoint=True)
+        codes = codes.astype(f"u{size}")
+        sign, top = 1 << (8 * size - 1), {4: 0x7F800000, 8: 0x7FF0000000000000}[size]
+        specials = [0, sign, top, sign | top, top | 1, sign | top | 0x1234]  # +-0, +-inf, NaNs
+        codes[:len(specials)] = specials
+    return torch.from_numpy(codes.view(_NP_INTS[size]).copy()).view(dtype)
+
+
+def _torch_bits(t: torch.Tensor) -> np.ndarray:
+    return t.contiguous().view(_INTS[t.element_size()]).numpy()
+
+
+def test_shared_formats_are_every_torch_float_mpgrad_has():
+    # every torch floating dtype whose name is an mpgrad format is one of the shared ones
+    names = {str(d).removeprefix("torch.") for d in vars(torch).values()
+             if isinstance(d, torch.dtype) and d.is_floating_point}
+    assert sorted(n for n in names if n in mpgrad.FORMATS) == sorted(SHARED)
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_torch_tensors_in_and_out_bit_for_bit(name):
+    t = _torch_patterns(name)
+    for make in (mpgrad.tensor, mpgrad.Tensor):
+        m = make(t)
+        assert m.dtype is mpgrad.FORMATS[name] and not m.requires_grad
+        np.testing.assert_array_equal(m.numpy().view(_NP_INTS[t.element_size()]), _torch_bits(t))
+        back = m.to_torch()
+        assert back.dtype == t.dtype and back.shape == t.shape and not back.requires_grad
+        np.testing.assert_array_equal(_torch_bits(back), _torch_bits(t))
+    # the values agree with torch's own widening to float64 (an independent decoder)
+    wide = t.to(torch.float64).numpy()
+    got = mpgrad.tensor(t).to_float64()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(wide))
+    ok = ~np.isnan(wide)
+    np.testing.assert_array_equal(got[ok], wide[ok])
+    np.testing.assert_array_equal(np.signbit(got[ok]), np.signbit(wide[ok]))
+
+
+def test_torch_tensor_with_grad_on_a_view_or_a_parameter():
+    p = torch.nn.Parameter(torch.tensor([[1.5, -2.0], [0.25, 3.0]], dtype=torch.float16))
+    for src in (p, p * 2, p.t(), p[:, 1]):
+        m = mpgrad.tensor(src)
+        assert m.dtype is F16 and not m.requires_grad  # requires_grad is not inherited
+        assert m.to_float64().tolist() == src.detach().double().tolist()
+    m = mpgrad.tensor(p, requires_grad=True)
+    assert m.requires_grad and m.is_leaf
+    scalar = mpgrad.tensor(torch.tensor(2.5))
+    assert scalar.shape == () and float(scalar) == 2.5
+
+
+@pytest.mark.parametrize("target", ["bfloat16", "float16", "float8_e4m3fn", "float8_e5m2"])
+def test_explicit_dtype_rounds_torch_values_once(target):
+    # float32 -> target is one correctly rounded conversion in torch too (nearest even)
+    rng = np.random.default_rng(zlib.crc32(target.encode()))
+    x = torch.from_numpy((rng.standard_normal(4096) * 4.0 ** rng.integers(-4, 4, 4096))
+                         .astype(np.float32))
+    m = mpgrad.tensor(x, dtype=target)
+    assert m.dtype is mpgrad.FORMATS[target]
+    want = x.to(getattr(torch, target)).to(torch.float64).numpy()
+    np.testing.assert_array_equal(m.to_float64(), want)  # overflow too (inf, or e4m3fn's NaN)
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int8", "uint8", "bool", "complex64",
+                                   "float8_e8m0fnu", "float4_e2m1fn_x2"])
+def test_torch_dtypes_mpgrad_lacks_are_refused(dtype):
+    if not hasattr(torch, dtype):
+        pytest.skip(f"torch {torch.__version__} has no {dtype}")
+    t = torch.zeros(4, dtype=torch.uint8).view(getattr(torch, dtype)) \
+        if dtype.startswith("float") else torch.zeros(4, dtype=getattr(torch, dtype))
+    for make in (mpgrad.tensor, lambda u: mpgrad.tensor(u, dtype="float32")):
+        with pytest.raises(TypeError, match=f"torch.{dtype} has no mpgrad format"):
+            make(t)
+
+
+@pytest.mark.parametrize("name", ["tf32", "float6_e2m3fn", "float4_e2m1fn", "float8_e4m3",
+                                  "float8_e3m4"])
+def test_to_torch_of_a_format_torch_lacks(name):
+    m = mpgrad.tensor([0.5, -1.5, 0.0, 3.0], dtype=name)
+    with pytest.raises(TypeError, match=f"torch has no {name} format.*dtype=torch.float32"):
+        m.to_torch()
+    wide = m.to_torch(torch.float32)  # an exact widening
+    assert wide.dtype == torch.float32 and wide.double().tolist() == m.to_float64().tolist()
+    assert m.to_torch("float64").dtype == torch.float64
+
+
+def test_to_torch_never_rounds():
+    m = mpgrad.tensor([0.1], dtype="float32")
+    for narrow in (torch.float16, torch.bfloat16, "float8_e4m3fn"):
+        with pytest.raises(ValueError, match="does not round"):
+            m.to_torch(narrow)
+    with pytest.raises(TypeError, match="torch.int32 has no mpgrad format"):
+        m.to_torch(torch.int32)
+
+
+def test_torch_tensor_operands_are_refused():
+    m, t = mpgrad.tensor([1.0], dtype="f16"), torch.ones(1, dtype=torch.float32)
+    for op in (lambda: m + t, lambda: t + m, lambda: m * t, lambda: mpgrad.maximum(m, t)):
+        with pytest.raises(TypeError, match="torch tensor as an operand.*mpgrad.tensor"):
+            op()

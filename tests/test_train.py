@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import mpgrad
+from mpgrad.demo import cli
 from mpgrad.demo.cli import main
 from mpgrad.demo.data import load, synthetic
 from mpgrad.demo.recipes import DEFAULT_RECIPES, RECIPES, Recipe, get_recipe
@@ -97,12 +99,14 @@ def test_digits_dataset_when_scikit_learn_is_installed():
     assert load("auto").name == "digits"
 
 
-def test_plot_when_matplotlib_is_installed(tmp_path):
+@pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG\r\n\x1a\n"), (".pdf", b"%PDF"),
+                                           (".svg", b"<?xml")])
+def test_plot_when_matplotlib_is_installed(tmp_path, suffix, magic):
     pytest.importorskip("matplotlib")
-    png = tmp_path / "loss.png"
+    image = tmp_path / f"loss{suffix}"
     assert main(["compare", "--recipes", "fp32,pure_bfloat16", "--steps", "2", "--hidden",
-                 "8", "--data", "synthetic", "--plot", str(png)]) == 0
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+                 "8", "--data", "synthetic", "--plot", str(image)]) == 0
+    assert image.read_bytes().startswith(magic) and os.listdir(tmp_path) == [image.name]
 
 
 def test_cli_train_and_compare(tmp_path, capsys):
@@ -118,6 +122,100 @@ def test_cli_train_and_compare(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "cmp")) == ["fp32.npz", "pure_bfloat16.npz"]
     with pytest.raises(SystemExit):
         main(["compare", "--recipes", "fp32,nope", "--steps", "2"])
+
+
+def _interrupted_savez(file, *args, **kwds):
+    """np.savez that writes a few bytes and is then interrupted (Ctrl-C)."""
+    out = open(file, "wb") if isinstance(file, (str, os.PathLike)) else file
+    out.write(b"PK\x03\x04 half a file")
+    out.flush()
+    raise KeyboardInterrupt
+
+
+def test_save_is_atomic_and_writes_the_path_given(tmp_path, monkeypatch):
+    run = train("fp32", **SMALL)
+    run.save(tmp_path / "run")  # no .npz appended
+    assert os.listdir(tmp_path) == ["run"]
+    with np.load(tmp_path / "run", allow_pickle=False) as saved:
+        assert np.array_equal(saved["hashes"], run.hashes) and str(saved["recipe"]) == "fp32"
+    with pytest.raises(ValueError, match="is a directory"):
+        run.save(tmp_path)
+    before = (tmp_path / "run").read_bytes()
+    monkeypatch.setattr(np, "savez", _interrupted_savez)
+    for path in (tmp_path / "run", tmp_path / "new.npz"):
+        with pytest.raises(KeyboardInterrupt):
+            run.save(path)
+        # the old file is whole, no new or temporary file is left
+        assert os.listdir(tmp_path) == ["run"] and (tmp_path / "run").read_bytes() == before
+
+
+def _no_work(*args, **kwds):
+    raise AssertionError("the command started working before checking its options")
+
+
+BAD_OPTIONS = [
+    "train --steps 0", "train --steps -3", "train --steps 1.5", "train --batch-size 0",
+    "train --hidden 0", "compare --hidden -1", "train --lr inf", "train --lr=-inf",
+    "train --lr nan", "train --lr -0.1", "train --lr x", "train --momentum inf",
+    "train --momentum nan", "compare --momentum -1", "train --seed -1", "train --data mnist",
+    "train --recipe nope", "compare --recipes nope", "compare --recipes fp32,nope",
+    "compare --recipes ''", "compare --recipes ,", "compare --recipes fp32,fp32",
+    "train --out {tmp}/missing/run.npz", "train --out {tmp}/file/run.npz", "train --out {tmp}",
+    "compare --out {tmp}/file", "compare --out {tmp}/file/sub", "train --plot {tmp}/loss.jpg",
+    "train --plot {tmp}/loss", "train --plot {tmp}/missing/loss.png",
+    "compare --plot {tmp}/file/loss.png", "train --plot {tmp}",
+]
+
+
+@pytest.mark.parametrize("options", BAD_OPTIONS)
+def test_cli_refuses_bad_options_before_any_work(tmp_path, monkeypatch, capsys, options):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setattr(cli, "load", _no_work)
+    monkeypatch.setattr(cli, "train", functools.wraps(train)(_no_work))  # keeps the defaults
+    argv = [a.strip("'").format(tmp=tmp_path) for a in options.split()]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2  # argparse's usage error
+    err = capsys.readouterr().err
+    assert f"mpgrad {argv[0]}: error: " in err and "usage" in err
+    assert sorted(os.listdir(tmp_path)) == ["file"]  # nothing was created
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="root may write into a read-only folder")
+def test_cli_refuses_a_read_only_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "train", functools.wraps(train)(_no_work))
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o500)
+    for argv in (["train", "--out", str(folder / "run.npz")],
+                 ["train", "--plot", str(folder / "loss.png")],
+                 ["compare", "--out", str(folder / "sub")]):
+        with pytest.raises(SystemExit):
+            main(argv)
+
+
+def test_a_diverging_run_says_so_in_the_table(capsys):
+    """lr 1e30 makes the loss NaN after the first update: the final loss column shows NaN
+    and the first step whose loss was not finite (a finite mean of the others would hide it)."""
+    run = train("fp32", **{**SMALL, "lr": 1e30})
+    bad = [i + 1 for i, v in enumerate(run.losses.tolist()) if not np.isfinite(v)]
+    assert bad and bad[0] == run.first_nonfinite()
+    cell = results_table([run]).splitlines()[2].split("  ")[1:]
+    first = f"{run.losses[bad[0] - 1]:.4f}"
+    assert " ".join(cell).strip().startswith(f"nan (first {first} at step {bad[0]})")
+    assert main(["train", "--recipe", "fp32", "--lr", "1e30", "--steps", "3", "--hidden", "8",
+                 "--batch-size", "16", "--data", "synthetic"]) == 0
+    assert "(first nan at step 2)" in capsys.readouterr().out
+    fine = train("fp32", **SMALL)  # a finite run: the plain mean of the last 20 losses
+    assert fine.first_nonfinite() is None
+    assert results_table([fine]).splitlines()[2].split()[1] == f"{np.mean(fine.losses):.4f}"
+
+
+def test_cli_compare_out_creates_nested_folder(tmp_path):
+    out = tmp_path / "a" / "b"
+    assert main(["compare", "--recipes", "fp32", "--steps", "1", "--hidden", "4",
+                 "--data", "synthetic", "--out", str(out)]) == 0
+    assert os.listdir(out) == ["fp32.npz"]
 
 
 def test_results_table_lists_every_run():

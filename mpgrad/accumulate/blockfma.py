@@ -176,7 +176,7 @@ class BlockFMA:
             E = np.where(finite, E, 1100)
             # terms are truncated to multiples of 2**-shift (all zero: any alignment gives +0)
             shift = self.fraction_bits - np.where(E < NO_EXPONENT // 2, 0, E)
-            if -1022 <= shift.min() and shift.max() <= 1023:
+            if shift.size and -1022 <= shift.min() and shift.max() <= 1023:  # size 0: no outputs
                 ints = np.multiply(t, np.ldexp(1.0, shift), out=np.empty_like(t))
             else:
                 ints = np.ldexp(t, shift)

@@ -112,7 +112,7 @@ def _matmul2(a: np.ndarray, b: np.ndarray, model: Model, formats: tuple) -> np.n
     if (isinstance(model, Sequential) and model.acc == float32
             and model.mode == "nearest_even" and _float32_products(a, b)):
         return _sequential_float32(a, b, model)
-    rows = a.shape[0] if isinstance(model, Sequential) else max(1, _TILE // max(b.shape[1], 1))
+    rows = max(1, a.shape[0] if isinstance(model, Sequential) else _TILE // max(b.shape[1], 1))
     out = np.empty((a.shape[0], b.shape[1]))
     for i in range(0, a.shape[0], rows):
         at = np.ascontiguousarray(a[i:i + rows].T)

@@ -18,12 +18,12 @@ formats' storage dtypes (as mpgrad.mma takes them) and d in the output format. T
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from itertools import chain, product
 
 import numpy as np
 
+from ..numerics.files import atomic_write
 from ..numerics.formats import Format, as_format, float16, float32, float64
 from ..numerics.rounding import MODES, round_to, to_float64
 from .blockfma import BlockFMA
@@ -337,17 +337,16 @@ def load_vectors(path) -> tuple:
 
 
 def save_vectors(path, a, b, c, d, a_format, b_format=None, out="float32") -> None:
-    """Write cases as load_vectors reads them (storage arrays in; the file appears whole,
-    through a temporary name in the same folder)."""
+    """Write cases as load_vectors reads them (storage arrays in) to an .npz file at exactly
+    path, atomically (mpgrad.numerics.files.atomic_write)."""
     fa = as_format(a_format)
     fb, fo = fa if b_format is None else as_format(b_format), as_format(out)
     bits = {}
     for name, x, f in zip("abcd", (a, b, c, d), (fa, fb, fo, fo)):
         x = np.ascontiguousarray(x, dtype=f.storage)
         bits[name] = x.view(f"u{x.itemsize}")
-    tmp = f"{path}.part.npz"
-    np.savez(tmp, a_format=fa.name, b_format=fb.name, out=fo.name, **bits)
-    os.replace(tmp, path)
+    atomic_write(path, lambda file: np.savez(file, a_format=fa.name, b_format=fb.name,
+                                             out=fo.name, **bits))
 
 
 def compare(models: dict, a, b, c, d, out="float32") -> dict:

@@ -7,6 +7,7 @@ The scale is a float32 value and the growth tracker an int, updated as ATen's
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections import abc, defaultdict
 from enum import Enum
@@ -60,18 +61,59 @@ def update_scale(scale: np.float32, growth_tracker: int, found_inf: float, growt
         return np.float32(scale), successful
 
 
+def _real(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def _check_scale(value: Any, name: str = "init_scale") -> None:
+    """A TypeError/ValueError unless value is a number that is finite and > 0 in float32."""
+    with np.errstate(over="ignore"):
+        stored = np.float32(_real(name, value))
+    if not (np.isfinite(stored) and stored > 0):
+        raise ValueError(f"{name} must be a finite number > 0 (the scale is a float32), "
+                         f"got {value!r}")
+
+
+def _check_growth_factor(value: Any) -> None:
+    if not 1.0 < _real("growth_factor", value) < math.inf:
+        raise ValueError(f"The growth factor must be > 1.0 (and finite), got {value!r}.")
+
+
+def _check_backoff_factor(value: Any) -> None:
+    if not 0.0 < _real("backoff_factor", value) < 1.0:
+        raise ValueError(f"The backoff factor must be < 1.0 (and > 0), got {value!r}.")
+
+
+def _check_count(name: str, value: Any, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < least:
+        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+
+
+_STATE_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
+
+
 class GradScaler:
-    """Dynamic loss scaling with torch.amp.GradScaler's semantics, defaults and state."""
+    """Dynamic loss scaling with torch.amp.GradScaler's semantics, defaults and state.
+
+    When enabled, hyperparameters are checked at the call (torch checks only the two factors,
+    with AssertionError): a TypeError or ValueError for a scale that is not finite and > 0 in
+    float32, a growth factor not > 1 or infinite, a backoff factor not in (0, 1) or a growth
+    interval not an int >= 1; so are the setters' values and load_state_dict's.
+    """
 
     def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0,
                  backoff_factor: float = 0.5, growth_interval: int = 2000,
                  enabled: bool = True) -> None:
         self._enabled = bool(enabled)
-        if self._enabled:
-            if growth_factor <= 1.0:
-                raise AssertionError("The growth factor must be > 1.0.")
-            if backoff_factor >= 1.0:
-                raise AssertionError("The backoff factor must be < 1.0.")
+        if self._enabled:  # as torch, a disabled scaler checks nothing
+            _check_scale(init_scale)
+            _check_growth_factor(growth_factor)
+            _check_backoff_factor(backoff_factor)
+            _check_count("growth_interval", growth_interval, 1)
         self._init_scale = init_scale
         self._scale: np.float32 | None = None  # set on the first scale(), as in torch
         self._growth_factor = growth_factor
@@ -226,7 +268,8 @@ class GradScaler:
         return self._growth_factor
 
     def set_growth_factor(self, new_factor: float) -> None:
-        """Set the growth factor."""
+        """Set the growth factor (> 1)."""
+        _check_growth_factor(new_factor)
         self._growth_factor = new_factor
 
     def get_backoff_factor(self) -> float:
@@ -234,7 +277,8 @@ class GradScaler:
         return self._backoff_factor
 
     def set_backoff_factor(self, new_factor: float) -> None:
-        """Set the backoff factor."""
+        """Set the backoff factor (in (0, 1))."""
+        _check_backoff_factor(new_factor)
         self._backoff_factor = new_factor
 
     def get_growth_interval(self) -> int:
@@ -242,7 +286,8 @@ class GradScaler:
         return self._growth_interval
 
     def set_growth_interval(self, new_interval: int) -> None:
-        """Set the growth interval."""
+        """Set the growth interval (an int >= 1)."""
+        _check_count("growth_interval", new_interval, 1)
         self._growth_interval = new_interval
 
     def _get_growth_tracker(self) -> int:
@@ -268,12 +313,24 @@ class GradScaler:
                 "_growth_tracker": self._get_growth_tracker()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state_dict() (a no-op when disabled)."""
+        """Load a state_dict() (a no-op when disabled); checked first: a malformed one is a
+        TypeError/ValueError and nothing changes."""
         if not self._enabled:
             return
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         if len(state_dict) == 0:
             raise RuntimeError("The source state dict is empty, possibly because it was saved "
                                "from a disabled instance of GradScaler.")
+        if set(state_dict) != set(_STATE_KEYS):
+            raise ValueError(f"GradScaler state_dict must have the keys {list(_STATE_KEYS)}; "
+                             f"missing {sorted(set(_STATE_KEYS) - set(state_dict))}, unexpected "
+                             f"{sorted(map(str, set(state_dict) - set(_STATE_KEYS)))}")
+        _check_scale(state_dict["scale"], "state_dict['scale']")
+        _check_growth_factor(state_dict["growth_factor"])
+        _check_backoff_factor(state_dict["backoff_factor"])
+        _check_count("growth_interval", state_dict["growth_interval"], 1)
+        _check_count("_growth_tracker", state_dict["_growth_tracker"], 0)
         self._init_scale = state_dict["scale"]
         if self._scale is not None:
             with np.errstate(over="ignore"):

@@ -27,7 +27,7 @@ from ..numerics.exact import clean_pair, two_sum
 from ..numerics.formats import Format, as_format
 from ..numerics.rounding import round_to, to_float64
 from .policy import Policy, accumulate_model, compute_format, current_policy, restored
-from .tensor import Tensor
+from .tensor import Tensor, check_like, is_torch_tensor
 
 __all__ = ["no_grad", "enable_grad", "is_grad_enabled", "Op", "Ctx", "Node", "apply", "cast",
            "as_tensor", "composite", "backward", "unbroadcast"]
@@ -143,7 +143,18 @@ def as_tensor(x, fmt: Format | None = None) -> Tensor:
         return x
     if x is None:
         raise TypeError("an operand is None; expected a Tensor, a number or an array")
-    return Tensor(np.asarray(x, dtype=np.float64) if np.isscalar(x) else x, fmt)
+    if is_torch_tensor(x):  # it would be rounded to the other operand's format
+        raise TypeError("a torch tensor as an operand: convert it first with mpgrad.tensor(x), "
+                        "which keeps its format and bits")
+    return Tensor(np.float64(x) if isinstance(x, (int, float)) else x, fmt)
+
+
+def _check_nan(exact, c: Format, op: Op) -> None:
+    """An op whose exact result holds NaN in a format without NaN: say so (not 'the input')."""
+    parts = exact if isinstance(exact, tuple) else (exact,)
+    if not c.has_nan and any(np.isnan(p).any() for p in parts):
+        raise ValueError(f"{c.name} has no NaN: {op.name} produced NaN (e.g. 0/0 or the "
+                         "square root of a negative number)")
 
 
 def apply(op: Op, *args, **params) -> Tensor:
@@ -159,6 +170,7 @@ def apply(op: Op, *args, **params) -> Tensor:
         stored = op.forward(c, *(t.data for t in tensors), *rest, **params)
     else:
         exact = op.forward(c, *(to_float64(t.data) for t in tensors), *rest, **params)
+        _check_nan(exact, c, op)
         stored = round_to(exact, c)
     out = Tensor._wrap(stored, c)
     if not (is_grad_enabled() and op.vjp is not None and any(t.requires_grad for t in tensors)):
@@ -216,7 +228,7 @@ def unbroadcast(g: Tensor, x: Tensor, model=None) -> Tensor:
                                     if n == 1 and g.shape[lead + i] != 1]
         kept = [i for i in range(g.ndim) if i not in axes]
         flat = np.transpose(to_float64(data), kept + axes)
-        flat = flat.reshape(flat.shape[:len(kept)] + (-1,))
+        flat = flat.reshape(flat.shape[:len(kept)] + (int(np.prod(flat.shape[len(kept):])),))
         data = round_to(reduce_sum(flat, -1, model or default_model(fmt)), fmt).reshape(x.shape)
     if not _stored_as(data, fmt, x.dtype):
         data = round_to(data, x.dtype)
@@ -239,6 +251,20 @@ def _model(node: Node | None):
     return policy.accumulate if isinstance(policy, Policy) else None
 
 
+def _hooked(hook: Callable, g: Tensor, t: Tensor) -> Tensor:
+    """hook(g), or g where it returns None; like PyTorch, a replacement of another type,
+    shape or format is an error (PyTorch's "hook has changed the type/size of value")."""
+    replaced = hook(g)
+    if replaced is None:
+        return g
+    name = getattr(hook, "__name__", repr(hook))
+    if not isinstance(replaced, Tensor):
+        raise TypeError(f"hook {name!r} returned {type(replaced).__name__}; a hook returns "
+                        "None or an mpgrad Tensor (the replacement gradient)")
+    check_like(replaced, g, f"the gradient hook {name!r} returned")
+    return unbroadcast(replaced, t)  # the same values, re-stored if the container differs
+
+
 def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
     """Propagate grad (default 1 for a scalar root) to every leaf that requires grad and add
     it into .grad, in a fixed order, so results are deterministic."""
@@ -259,13 +285,8 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
         g = grads.pop(id(t), None)
         if g is None:
             continue
-        for hook in t._hooks:
-            replaced = hook(g)
-            if replaced is not None:
-                if tuple(replaced.shape) != tuple(g.shape):
-                    raise RuntimeError(f"hook {hook!r} returned a gradient of shape "
-                                       f"{tuple(replaced.shape)} for a tensor of shape {t.shape}")
-                g = unbroadcast(replaced, t, _model(t._node))
+        for hook in list(t._hooks.values()):  # a hook may remove itself
+            g = _hooked(hook, g, t)
         node = t._node
         if node is None:  # a leaf: accumulate into .grad in its own format
             t.grad = g if t.grad is None else _add_gradients(t.grad, g)

@@ -147,4 +147,18 @@ def compute_format(op: str, formats: list[Format]) -> Format:
             return active.dtype
         if op in active.float32_ops:
             return promote(float32, *formats)
+    if op in AUTOCAST_LOWER:
+        _check_same_format(op, formats)
     return promote(*formats)
+
+
+def _check_same_format(op: str, formats: list[Format]) -> None:
+    """Refuse operands of different formats, as torch.matmul and F.linear refuse mixed dtypes:
+    promoting would silently compute an fp16 model fed float64 data in float64."""
+    if all(f == formats[0] for f in formats):
+        return
+    names = " != ".join(dict.fromkeys(f.name for f in formats))
+    target = min(formats, key=lambda f: f.precision).name
+    raise RuntimeError(f"{op}: expected all operands to have the same format, but got: "
+                       f"{names}; cast first, e.g. x.to({target!r}), or compute under "
+                       f"mpgrad.autocast({target!r}) or mpgrad.use_policy({target!r})")

@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import os
 import sys
+from importlib.metadata import version
+from typing import Callable
 
 from ..accumulate.hardware import HARDWARE
 from ..accumulate.probing import compare, load_vectors
 from ..numerics.bits import describe
+from ..numerics.files import atomic_write, output_path
 from ..numerics.formats import FORMATS
-from .data import load
-from .recipes import DEFAULT_RECIPES, get_recipe
+from ..numerics.rounding import MODES
+from .data import DATASETS, load
+from .recipes import DEFAULT_RECIPES, RECIPES, get_recipe
 from .table import text_table
 from .train import results_table, train
 
-__all__ = ["main", "formats_table", "probe_table"]
+__all__ = ["main", "formats_table", "probe_table", "PLOT_SUFFIXES"]
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")  # what --plot writes (matplotlib's Agg backend)
 
 
 def formats_table() -> str:
@@ -32,19 +39,59 @@ def formats_table() -> str:
         for f in FORMATS.values()])
 
 
+def _integer(least: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= least."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+    return parse
+
+
+def _rate(text: str) -> float:
+    """An argparse type: a finite number >= 0 (learning rate, momentum)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _recipe_names(text: str) -> list[str]:
+    """An argparse type: comma-separated names of built-in recipes, each once."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no recipe given; choose from {', '.join(RECIPES)}")
+    for i, name in enumerate(names):
+        try:
+            get_recipe(name)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        if name in names[:i]:
+            raise argparse.ArgumentTypeError(f"recipe {name!r} is given twice")
+    return names
+
+
 def _training_options(p: argparse.ArgumentParser) -> None:
     """The options shared by train and compare, with mpgrad.demo.train.train's defaults."""
     default = {k: v.default for k, v in inspect.signature(train).parameters.items()}
-    p.add_argument("--steps", type=int, default=default["steps"])
-    p.add_argument("--batch-size", type=int, default=default["batch_size"])
-    p.add_argument("--lr", type=float, default=default["lr"])
-    p.add_argument("--momentum", type=float, default=default["momentum"])
-    p.add_argument("--seed", type=int, default=default["seed"])
-    p.add_argument("--hidden", type=int, default=default["hidden"])
-    p.add_argument("--data", default=default["data"],
+    p.add_argument("--steps", type=_integer(1), default=default["steps"])
+    p.add_argument("--batch-size", type=_integer(1), default=default["batch_size"])
+    p.add_argument("--lr", type=_rate, default=default["lr"])
+    p.add_argument("--momentum", type=_rate, default=default["momentum"])
+    p.add_argument("--seed", type=_integer(0), default=default["seed"])
+    p.add_argument("--hidden", type=_integer(1), default=default["hidden"])
+    p.add_argument("--data", default=default["data"], choices=("auto", *DATASETS),
                    help="auto (digits if scikit-learn is installed, else synthetic), "
                    "synthetic or digits")
-    p.add_argument("--plot", metavar="FILE.png", help="draw the loss curves (needs matplotlib)")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the loss curves into a "
+                   f"{'/'.join(PLOT_SUFFIXES)} file (needs matplotlib)")
 
 
 class _Progress:
@@ -87,22 +134,52 @@ def _pyplot():
 
 
 def _plot(results: list, path: str) -> None:
-    """Loss curves of the runs into a PNG file."""
+    """Loss curves of the runs into an image file (its format from the suffix)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results:
         ax.plot(r.losses, label=r.recipe)
     ax.set(xlabel="step", ylabel="training loss", yscale="log")
     ax.legend()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    kind = os.path.splitext(path)[1].lower().lstrip(".")
+    atomic_write(path, lambda file: fig.savefig(file, format=kind, dpi=120,
+                                                bbox_inches="tight"))
+    plt.close(fig)
+
+
+def _output(option: str, path: str, **checks) -> str:
+    """output_path(path, **checks), its error naming the option."""
+    try:
+        return output_path(path, **checks)
+    except ValueError as err:
+        raise ValueError(f"{option}: {err}") from None
+
+
+def _check_outputs(args, names: list[str]) -> None:
+    """Refuse --plot and --out paths that cannot be written, before any work; create the
+    folder of compare --out."""
+    if args.plot is not None:
+        _output("--plot", args.plot, suffixes=PLOT_SUFFIXES)
+        _pyplot()  # a missing matplotlib, too
+    if args.out is not None and args.command == "train":
+        _output("--out", args.out)
+    elif args.out is not None:
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise ValueError(f"--out: {args.out!r} is a file; compare --out takes a folder "
+                             "(created if absent)")
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"--out: cannot create the folder {args.out!r}: "
+                             f"{err.strerror}") from None
+        for name in names:
+            _output("--out", os.path.join(args.out, f"{name}.npz"))
 
 
 def _run(args, names: list[str]) -> list:
-    """Train each recipe with the command's options; print the table."""
-    for name in names:
-        get_recipe(name)  # unknown names fail before any training
-    if args.plot:
-        _pyplot()  # so does a missing matplotlib
+    """Check the outputs, train each recipe with the command's options, print the table,
+    write the plot and the --out files."""
+    _check_outputs(args, names)
     data = load(args.data, args.seed)
     print(f"data: {data.name} ({len(data.y_train)} train / {len(data.y_test)} test, "
           f"{data.features} features, {data.classes} classes); MLP {data.features}-"
@@ -112,54 +189,69 @@ def _run(args, names: list[str]) -> list:
                      momentum=args.momentum, seed=args.seed, data=data, hidden=args.hidden,
                      progress=_Progress(name, args.steps)) for name in names]
     print(results_table(results))
-    if args.plot:
+    if args.plot is not None:
         _plot(results, args.plot)
+    if args.out is not None and args.command == "train":
+        results[0].save(args.out)
+    elif args.out is not None:
+        for r in results:
+            r.save(os.path.join(args.out, f"{r.recipe}.npz"))
     return results
+
+
+def _describe(value: float, names: list[str], mode: str) -> list[str]:
+    """Print value described in each format; return the errors of the names that failed."""
+    texts, errors = [], []
+    for name in names:
+        try:
+            texts.append(str(describe(value, name, mode)))
+        except ValueError as err:
+            errors.append(str(err))
+    if texts:
+        print("\n\n".join(texts), flush=True)
+    return errors
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the mpgrad command."""
     parser = argparse.ArgumentParser(prog="mpgrad", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mpgrad {version('mpgrad')}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("formats", help="print the table of built-in number formats")
     d = sub.add_parser("describe", help="show how a value is stored in a format")
     d.add_argument("value", type=float)
     d.add_argument("format", nargs="*", default=list(FORMATS), help="formats (default: all)")
-    d.add_argument("--mode", default="nearest_even")
+    d.add_argument("--mode", default="nearest_even", choices=MODES)
     t = sub.add_parser("train", help="train the demo MLP under one recipe")
-    t.add_argument("--recipe", default="mixed_float16")
+    t.add_argument("--recipe", default="mixed_float16", choices=RECIPES)
     t.add_argument("--out", metavar="FILE.npz", help="save losses, scales and per-step "
-                   "parameter hashes")
+                   "parameter hashes to this file (written atomically)")
     _training_options(t)
     c = sub.add_parser("compare", help="train the demo MLP under several recipes, one table")
-    c.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
+    c.add_argument("--recipes", type=_recipe_names, default=",".join(DEFAULT_RECIPES),
                    help="comma-separated recipe names (default: all built-in recipes)")
-    c.add_argument("--out", metavar="DIR", help="save each run as DIR/RECIPE.npz")
+    c.add_argument("--out", metavar="DIR", help="save each run as DIR/RECIPE.npz (DIR is "
+                   "created if absent)")
     _training_options(c)
     pr = sub.add_parser("probe", help="which matrix-unit presets reproduce recorded cases")
     pr.add_argument("--vectors", required=True, metavar="FILE.npz",
                     help="a, b, c, d (raw bits) and a_format, b_format, out (see "
                     "mpgrad.accumulate.probing.save_vectors)")
     args = parser.parse_args(argv)
+    command = sub.choices[args.command]
     try:
         if args.command == "formats":
             print(formats_table())
         elif args.command == "describe":
-            print("\n\n".join(str(describe(args.value, f, args.mode)) for f in args.format))
+            errors = _describe(args.value, args.format, args.mode)
+            if errors:
+                command.error("\n".join(errors))
         elif args.command == "probe":
             print(probe_table(args.vectors))
-        elif args.command == "train":
-            (result,) = _run(args, [args.recipe])
-            if args.out:
-                result.save(args.out)
         else:
-            results = _run(args, [n.strip() for n in args.recipes.split(",") if n.strip()])
-            if args.out:
-                os.makedirs(args.out, exist_ok=True)
-                for r in results:
-                    r.save(os.path.join(args.out, f"{r.recipe}.npz"))
+            _run(args, [args.recipe] if args.command == "train" else args.recipes)
     except (ValueError, ImportError) as err:
-        parser.error(str(err))
+        command.error(str(err))
     return 0
 
 

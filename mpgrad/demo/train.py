@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -17,6 +18,7 @@ from ..autodiff.engine import no_grad
 from ..autodiff.policy import autocast
 from ..autodiff.tensor import Tensor
 from ..nn import functional as F
+from ..numerics.files import atomic_write
 from ..numerics.rounding import record_rounding
 from ..optim import SGD
 from .data import Dataset, load
@@ -51,19 +53,24 @@ class RunResult:
     seconds: float
 
     def final_loss(self, last: int = 20) -> float:
-        """The mean training loss over the last steps (finite ones)."""
-        tail = self.losses[-last:]
-        tail = tail[np.isfinite(tail)]
-        return float(tail.mean()) if tail.size else float("nan")
+        """The mean training loss over the last steps (NaN or inf if one of them is)."""
+        return float(np.mean(self.losses[-last:]))
 
-    def save(self, path: str) -> None:
-        """Write losses, scales, hashes and the summary numbers to an .npz (no pickle)."""
-        np.savez(path, recipe=np.array(self.recipe), data=np.array(self.data),
-                 losses=self.losses, scales=self.scales, hashes=self.hashes,
-                 names=np.array(self.names), test_loss=self.test_loss,
-                 accuracy=self.accuracy, skipped_steps=self.skipped_steps,
-                 final_scale=self.final_scale, underflows=self.underflows,
-                 lost_updates=self.lost_updates, seconds=self.seconds)
+    def first_nonfinite(self) -> int | None:
+        """The first step (counted from 1) whose loss was NaN or infinite, or None."""
+        bad = np.flatnonzero(~np.isfinite(self.losses))
+        return int(bad[0]) + 1 if bad.size else None
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write losses, scales, hashes and the summary numbers to an .npz file at exactly
+        path (no pickle; atomic: a temporary file beside it, then renamed)."""
+        arrays = dict(recipe=np.array(self.recipe), data=np.array(self.data),
+                      losses=self.losses, scales=self.scales, hashes=self.hashes,
+                      names=np.array(self.names), test_loss=self.test_loss,
+                      accuracy=self.accuracy, skipped_steps=self.skipped_steps,
+                      final_scale=self.final_scale, underflows=self.underflows,
+                      lost_updates=self.lost_updates, seconds=self.seconds)
+        atomic_write(path, lambda file: np.savez(file, **arrays))
 
 
 def _evaluate(model: nn.Module, recipe: Recipe, data: Dataset) -> tuple[float, float]:
@@ -141,11 +148,18 @@ def train(recipe: Recipe | str, steps: int = 300, batch_size: int = 128, lr: flo
                      seconds)
 
 
+def _final_loss_cell(r: RunResult) -> str:
+    """The final loss, and the first non-finite loss with its step if there was one."""
+    step = r.first_nonfinite()
+    tail = "" if step is None else f" (first {r.losses[step - 1]:.4f} at step {step})"
+    return f"{r.final_loss():.4f}{tail}"
+
+
 def results_table(results: list[RunResult]) -> str:
     """The comparison table printed by `mpgrad compare`."""
     head = ("recipe", "final loss", "test loss", "accuracy", "skipped", "loss scale",
             "grad underflows", "lost updates", "time [s]")
-    return text_table(head, [(r.recipe, f"{r.final_loss():.4f}", f"{r.test_loss:.4f}",
+    return text_table(head, [(r.recipe, _final_loss_cell(r), f"{r.test_loss:.4f}",
                       f"{100 * r.accuracy:.1f}%", str(r.skipped_steps), f"{r.final_scale:g}",
                       str(r.underflows), str(r.lost_updates), f"{r.seconds:.1f}")
                      for r in results], right=True)

@@ -6,8 +6,10 @@ engine's `composite` rule: its tensor inputs are cast to c = compute_format(NAME
 and every step computes in c. Under mpgrad.autocast the loss and normalisation functions
 (softmax, log_softmax, cross_entropy, nll_loss, mse_loss, layer_norm) run in float32,
 linear in the autocast format, as torch.autocast does; under a Policy, in its compute
-format; otherwise in the widest input format. Sums and means are mpgrad.sum and mpgrad.mean,
-so they follow the active Policy's accumulation model.
+format; otherwise in the widest input format, except linear, which refuses operands of two
+formats (as torch does). Sums and means are mpgrad.sum and mpgrad.mean, so they follow the
+active Policy's accumulation model. Empty batches give torch's results: (0, C) stays (0, C),
+a mean loss of no samples is NaN.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ def _shifted(x: Tensor, axis: int) -> Tensor:
         raise ValueError("softmax needs a tensor of at least one dimension")
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis {axis} is out of range for a tensor of {x.ndim} dimensions")
-    if x.shape[axis] == 0:
-        raise ValueError(f"softmax over an empty axis (shape {x.shape}, axis {axis})")
+    if x.size == 0:  # nothing to shift: the result is empty, as torch's
+        return x
     m = np.max(x.to_float64(), axis=axis, keepdims=True)
     return x - Tensor(m, x.dtype)  # m holds values of x's format: no rounding
 

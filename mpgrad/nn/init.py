@@ -11,6 +11,7 @@ even, to the tensor's own format. The tensor keeps its identity, format and requ
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -93,10 +94,18 @@ def ones_(tensor: Tensor) -> Tensor:
     return constant_(tensor, 1.0)
 
 
+def _no_elements(tensor: Tensor) -> bool:
+    """Whether tensor has no elements; if so, warn as torch's kaiming initialisers do."""
+    if tensor.size:
+        return False
+    warnings.warn("Initializing zero-element tensors is a no-op", stacklevel=3)
+    return True
+
+
 def kaiming_uniform_(tensor: Tensor, a: float = 0.0, mode: str = "fan_in",
                      nonlinearity: str = "leaky_relu", rng=None) -> Tensor:
     """He uniform: U(-b, b) with b = sqrt(3) * gain / sqrt(fan) (a: leaky_relu's slope)."""
-    if tensor.size == 0:
+    if _no_elements(tensor):
         return tensor
     std = calculate_gain(nonlinearity, a) / math.sqrt(_fan(tensor, mode))
     bound = math.sqrt(3.0) * std  # torch's float64 expression, so the bound is the same
@@ -106,7 +115,7 @@ def kaiming_uniform_(tensor: Tensor, a: float = 0.0, mode: str = "fan_in",
 def kaiming_normal_(tensor: Tensor, a: float = 0.0, mode: str = "fan_in",
                     nonlinearity: str = "leaky_relu", rng=None) -> Tensor:
     """He normal: N(0, std**2) with std = gain / sqrt(fan)."""
-    if tensor.size == 0:
+    if _no_elements(tensor):
         return tensor
     std = calculate_gain(nonlinearity, a) / math.sqrt(_fan(tensor, mode))
     return normal_(tensor, 0.0, std, rng)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
@@ -14,6 +14,12 @@ from ..ops import cast
 from .checkpoint import load, save
 
 __all__ = ["Module", "LoadResult"]
+
+
+def _is_torch_tensor(value: Any) -> bool:
+    """Whether value is a torch tensor (recognised without importing torch)."""
+    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach")
+
 
 def _is_parameter(value: Any) -> bool:
     """A parameter is a leaf Tensor with requires_grad=True."""
@@ -167,16 +173,20 @@ class Module:
         """Name -> detached snapshot of each parameter (later updates do not change it)."""
         return OrderedDict((name, p.detach()) for name, p in self.named_parameters())
 
-    def load_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True) -> LoadResult:
-        """Copy state_dict's values into the parameters (kept as objects), all or nothing.
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> LoadResult:
+        """Copy state_dict's values (mpgrad or torch tensors) into the parameters, which are
+        kept as objects, bit for bit; all or nothing.
 
         Everything is checked first: missing and unexpected names (with strict), shapes and
-        formats (always).
+        formats (always). A torch tensor counts as mpgrad.Tensor(t) of its own format.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"load_state_dict expects a dict of name -> Tensor, got "
+                            f"{type(state_dict).__name__}")
         own = OrderedDict(self.named_parameters())
         missing = [n for n in own if n not in state_dict]
         unexpected = [n for n in state_dict if n not in own]
-        problems = []
+        problems, sources = [], {}
         if strict and missing:
             problems.append(f"missing parameters: {', '.join(missing)}")
         if strict and unexpected:
@@ -185,6 +195,12 @@ class Module:
             if name not in state_dict:
                 continue
             src = state_dict[name]
+            if _is_torch_tensor(src):
+                try:
+                    src = Tensor(src.detach())
+                except (TypeError, ValueError) as error:
+                    problems.append(f"{name}: the torch tensor cannot be read: {error}")
+                    continue
             if not isinstance(src, Tensor):
                 problems.append(f"{name}: expected an mpgrad Tensor, got {type(src).__name__}")
             elif src.shape != p.shape:
@@ -194,16 +210,17 @@ class Module:
                 problems.append(f"{name}: format {src.dtype.name} in the state dict, "
                                 f"{p.dtype.name} in the module (convert with module.to("
                                 f"{src.dtype.name!r}) first)")
+            else:
+                sources[name] = src
         if problems:
             raise ValueError(f"load_state_dict into {type(self).__name__}: nothing loaded:\n  "
                              + "\n  ".join(problems))
-        for name, p in own.items():
-            if name in state_dict:
-                # the stored bits themselves, as copy_ does it but without its rounding, which
-                # would canonicalise NaN payloads: a new read-only array (grad, hooks kept)
-                stored = np.array(state_dict[name].data, copy=True)
-                stored.flags.writeable = False
-                p.data = stored
+        for name, src in sources.items():
+            # the stored bits themselves, as copy_ does it but without its rounding, which
+            # would canonicalise NaN payloads: a new read-only array (grad, hooks kept)
+            stored = np.array(src.data, copy=True)
+            stored.flags.writeable = False
+            own[name].data = stored
         return LoadResult(missing, unexpected)
 
     def save(self, path: str | os.PathLike) -> None:

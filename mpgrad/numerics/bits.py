@@ -103,7 +103,7 @@ def ulp(x, dtype: Format | str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Description:
-    """The fields of one value of a format, for teaching."""
+    """The fields of one value of a format, for teaching, and what the rounding did to it."""
 
     format: Format
     input: float
@@ -113,6 +113,14 @@ class Description:
     exponent_field: int
     fraction_field: int
     kind: str
+    overflow: bool     # beyond the finite range: a finite input rounded past max, or an
+                       # infinity in a format without one (the result: inf, NaN or max)
+    sign_lost: bool    # a negative input (or -0) whose result is +0 (formats without -0)
+
+    @property
+    def became_nan(self) -> bool:
+        """Whether a value that is not NaN came out NaN (overflow in a format without inf)."""
+        return self.kind == "nan" and not np.isnan(self.input)
 
     def __str__(self) -> str:
         f = self.format
@@ -127,21 +135,33 @@ class Description:
                          f" * 2^{exp} = {self.value!r}")
         else:
             lines.append(f"  value     {self.value!r}")
-        if self.kind not in ("nan",) and self.value != self.input:
+        if np.isfinite(self.input) and np.isfinite(self.value) and self.value != self.input:
             lines.append(f"  rounded   error {self.value - self.input:+.6g} "
                          f"(relative {abs(self.value - self.input) / abs(self.input):.3g})")
+        if self.overflow:
+            no_inf = "" if f.infinities else f" ({f.name} has no infinity)"
+            outcome = {"infinity": "rounds to infinity", "nan": "becomes NaN"}.get(
+                self.kind, f"saturates to {self.value!r}")
+            lines.append(f"  overflow  beyond the largest finite value {f.max:g}: "
+                         f"{outcome}{no_inf}")
+        if self.sign_lost:
+            lines.append(f"  sign      lost: {f.name} has no -0, so the result is +0")
         return "\n".join(lines)
 
 
 def describe(value: float, dtype: Format | str, mode: str = "nearest_even") -> Description:
-    """Round one value to dtype and describe the result: sign, exponent, fraction, class."""
+    """Round one value to dtype and describe the result: sign, exponent, fraction, class,
+    and whether it overflowed, lost its sign or became NaN."""
     fmt = as_format(dtype)
-    stored = round_to(np.float64(value), fmt, mode)
-    code = int(_codes(stored, fmt))
+    stats = RoundingStats()
+    stored = round_to(np.float64(value), fmt, mode, stats=stats)
+    code = int(_codes(stored, fmt)) & ((1 << fmt.bits) - 1)  # float64's sign: not negative
     e, m = fmt.exponent_bits, fmt.fraction_bits
     ef, mf = (code >> m) & (2 ** e - 1), code & (2 ** m - 1)
     v = float(to_float64(stored))
     kind = ("nan" if np.isnan(v) else "infinity" if np.isinf(v) else "zero" if v == 0
             else "subnormal" if ef == 0 else "normal")
+    overflow = stats.overflow > 0 or (np.isinf(value) and not fmt.infinities)
+    sign_lost = bool(np.signbit(value)) and kind != "nan" and not np.signbit(v)
     return Description(fmt, float(value), v, format(code, f"0{fmt.bits}b"), code >> (e + m),
-                       ef, mf, kind)
+                       ef, mf, kind, bool(overflow), sign_lost)

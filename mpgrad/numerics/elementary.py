@@ -29,7 +29,7 @@ midpoints, such as x**2, included): about 2**(p-40) of inputs in general positio
 the 65536 float16 or bfloat16 inputs of exp, log, tanh, sigmoid, erf), so for p >~ 36 most
 elements go through mpmath, at ~50 us each (correct, but slow). Formats beyond p <= 51 / 2**-1072 (float64
 itself) get round_to(y): the NumPy/SciPy result, faithful but machine dependent. A NaN
-result in a format without NaN raises ValueError (from round_to).
+result in a format without NaN raises ValueError naming the function.
 """
 
 from __future__ import annotations
@@ -140,6 +140,9 @@ def correctly_rounded(name: str, x: np.ndarray, dtype: Format | str, *,
         y = np.asarray(_FLOAT64[name](x, a), np.float64)
         fixed, values = _special(name, x, a)
         y = np.where(fixed, values, y)
+        if not fmt.has_nan and np.isnan(y).any():  # (the engine says so for exact ops)
+            raise ValueError(f"{fmt.name} has no NaN: {name} produced NaN (e.g. log of a "
+                             "negative number)")
         if fmt.precision > 51 or fmt.smallest_subnormal < 2.0 ** -1072:
             return to_float64(round_to(y, fmt))  # no guarantee (module docstring)
         b = np.where(np.isinf(y), np.copysign(np.finfo(np.float64).max, y), y)

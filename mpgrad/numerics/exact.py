@@ -222,11 +222,12 @@ def normalize_axes(ndim: int, axis) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
     axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
-    if ndim == 0 and all(int(ax) in (0, -1) for ax in axes):
-        return ()
     for ax in axes:
         if isinstance(ax, bool) or not isinstance(ax, (int, np.integer)):
             raise TypeError(f"an axis must be an integer, got {type(ax).__name__}")
+    if ndim == 0 and len(axes) == 1 and axes[0] in (0, -1):  # (0, 0): repeated, refused
+        return ()
+    for ax in axes:
         if not -ndim <= ax < ndim:
             raise np.exceptions.AxisError(int(ax), ndim)
     axes = tuple(int(ax) % ndim for ax in axes)

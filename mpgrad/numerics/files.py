@@ -23,6 +23,8 @@ def output_path(path: str | os.PathLike, *, suffixes: tuple[str, ...] = (),
     if suffixes and not path.lower().endswith(tuple(s.lower() for s in suffixes)):
         raise ValueError(f"{path!r} must end in {' or '.join(suffixes)}")
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"cannot write {path!r}: {folder!r} is a file, not a folder")
     if not os.path.isdir(folder):
         raise ValueError(f"cannot write {path!r}: the folder {folder!r} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -30,6 +32,12 @@ def output_path(path: str | os.PathLike, *, suffixes: tuple[str, ...] = (),
     if os.path.exists(path) and not (overwrite and os.access(path, os.W_OK)):
         raise ValueError(f"{path!r} exists" + ("" if not overwrite else " and is not writable"))
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
@@ -40,6 +48,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     fd, partial = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=folder)
     try:
         with os.fdopen(fd, "wb") as out:
+            # the permissions of the file it replaces, else those open() would give
+            os.chmod(partial, os.stat(path).st_mode & 0o7777 if os.path.exists(path)
+                     else 0o666 & ~_umask())
             write(out)
             out.flush()
             os.fsync(out.fileno())

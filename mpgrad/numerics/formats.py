@@ -13,6 +13,7 @@ __all__ = [
     "Format", "as_format", "format_of_dtype", "promote", "FORMATS",
     "float64", "float32", "tf32", "float16", "bfloat16",
     "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+    "float8_e4m3", "float8_e3m4", "float8_e4m3b11fnuz",
     "float6_e2m3fn", "float6_e3m2fn", "float4_e2m1fn",
 ]
 
@@ -190,13 +191,20 @@ float8_e4m3fn = _row("float8_e4m3fn", 4, 3, "fn", ml_dtypes.float8_e4m3fn)
 float8_e5m2 = _row("float8_e5m2", 5, 2, "ieee", ml_dtypes.float8_e5m2)
 float8_e4m3fnuz = _row("float8_e4m3fnuz", 4, 3, "fnuz", ml_dtypes.float8_e4m3fnuz, bias=8)
 float8_e5m2fnuz = _row("float8_e5m2fnuz", 5, 2, "fnuz", ml_dtypes.float8_e5m2fnuz, bias=16)
+float8_e4m3 = _row("float8_e4m3", 4, 3, "ieee", ml_dtypes.float8_e4m3)  # IEEE-style: max 240
+float8_e3m4 = _row("float8_e3m4", 3, 4, "ieee", ml_dtypes.float8_e3m4)
+float8_e4m3b11fnuz = _row("float8_e4m3b11fnuz", 4, 3, "fnuz", ml_dtypes.float8_e4m3b11fnuz,
+                          bias=11)
 float6_e2m3fn = _row("float6_e2m3fn", 2, 3, "none", ml_dtypes.float6_e2m3fn)
 float6_e3m2fn = _row("float6_e3m2fn", 3, 2, "none", ml_dtypes.float6_e3m2fn)
 float4_e2m1fn = _row("float4_e2m1fn", 2, 1, "none", ml_dtypes.float4_e2m1fn)
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
     float64, float32, tf32, float16, bfloat16, float8_e4m3fn, float8_e5m2, float8_e4m3fnuz,
-    float8_e5m2fnuz, float6_e2m3fn, float6_e3m2fn, float4_e2m1fn)}
+    float8_e5m2fnuz, float8_e4m3, float8_e3m4, float8_e4m3b11fnuz, float6_e2m3fn,
+    float6_e3m2fn, float4_e2m1fn)}
+# ml_dtypes' float8_e8m0fnu (no sign, no zero) and float8_e5m3fnu (no sign) are not Format
+# rows: every Format has a sign bit. Tensor refuses their arrays with a TypeError.
 
 # Storage dtypes that hold a format's own encoding (tf32 and custom formats do not).
 _NATIVE = {f.storage: f.layout for f in FORMATS.values() if f.name != "tf32"}
@@ -210,6 +218,7 @@ ALIASES: dict[str, str] = {
     "e4m3": "float8_e4m3fn", "fp8_e4m3": "float8_e4m3fn", "e4m3fn": "float8_e4m3fn",
     "e5m2": "float8_e5m2", "fp8_e5m2": "float8_e5m2",
     "e4m3fnuz": "float8_e4m3fnuz", "e5m2fnuz": "float8_e5m2fnuz",
+    "e3m4": "float8_e3m4", "fp8_e3m4": "float8_e3m4", "e4m3b11fnuz": "float8_e4m3b11fnuz",
     "e2m3": "float6_e2m3fn", "fp6_e2m3": "float6_e2m3fn",
     "e3m2": "float6_e3m2fn", "fp6_e3m2": "float6_e3m2fn",
     "e2m1": "float4_e2m1fn", "fp4": "float4_e2m1fn", "fp4_e2m1": "float4_e2m1fn",
@@ -228,7 +237,8 @@ def promote(*formats: Format) -> Format:
     for candidate in (*formats, float32, float64):
         if all(candidate.contains(f) for f in formats):
             return candidate
-    raise ValueError(f"no built-in format holds every value of {', '.join(f.name for f in formats)}")
+    names = ", ".join(f.name for f in formats)
+    raise ValueError(f"no built-in format holds every value of {names}")
 
 
 def as_format(x: Format | str | np.dtype | type) -> Format:

@@ -18,6 +18,7 @@ from ..autodiff.tensor import Tensor
 from ..numerics.elementary import correctly_rounded
 from ..numerics.exact import clean_pair, exact_div, exact_sqrt, two_prod, two_sum
 from ..numerics.formats import promote
+from .shape import broadcast_shape
 
 __all__ = ["add", "sub", "mul", "div", "neg", "abs", "sqrt", "exp", "log", "tanh", "sigmoid",
            "erf", "relu", "maximum", "minimum", "pow", "clamp", "where", "sign",
@@ -70,10 +71,16 @@ _WHERE = Op("where", lambda c, a, b, cond: np.where(cond, a, b),
                             where(ctx.args[0], 0.0, g)), tensor_args=2, on_storage=True)
 
 
-def add(a, b): """a + b, correctly rounded."""; return apply(_ADD, a, b)
-def sub(a, b): """a - b, correctly rounded."""; return apply(_SUB, a, b)
-def mul(a, b): """a * b, correctly rounded."""; return apply(_MUL, a, b)
-def div(a, b): """a / b, correctly rounded."""; return apply(_DIV, a, b)
+def _binary(op: Op, *args):
+    """apply(op, *args) once the shapes of the Tensor and array arguments broadcast."""
+    broadcast_shape(op.name, *(x.shape for x in args if isinstance(x, (Tensor, np.ndarray))))
+    return apply(op, *args)
+
+
+def add(a, b): """a + b, correctly rounded."""; return _binary(_ADD, a, b)
+def sub(a, b): """a - b, correctly rounded."""; return _binary(_SUB, a, b)
+def mul(a, b): """a * b, correctly rounded."""; return _binary(_MUL, a, b)
+def div(a, b): """a / b, correctly rounded."""; return _binary(_DIV, a, b)
 def neg(a): """-a (exact)."""; return apply(_NEG, a)
 def abs(a): """|a| (exact)."""; return apply(_ABS, a)
 def sign(a): """-1, 0 or 1 (no gradient)."""; return apply(_SIGN, a)
@@ -84,8 +91,8 @@ def tanh(a): """tanh(a), correctly rounded (formats up to float32)."""; return a
 def sigmoid(a): """1 / (1 + e**-a), correctly rounded (up to float32)."""; return apply(_SIGMOID, a)
 def erf(a): """The error function, correctly rounded (up to float32)."""; return apply(_ERF, a)
 def relu(a): """max(a, 0) (exact)."""; return apply(_RELU, a)
-def maximum(a, b): """Elementwise maximum (NaN propagates)."""; return apply(_MAXIMUM, a, b)
-def minimum(a, b): """Elementwise minimum (NaN propagates)."""; return apply(_MINIMUM, a, b)
+def maximum(a, b): """Elementwise maximum (NaN propagates)."""; return _binary(_MAXIMUM, a, b)
+def minimum(a, b): """Elementwise minimum (NaN propagates)."""; return _binary(_MINIMUM, a, b)
 
 
 def pow(a, exponent: float):
@@ -107,7 +114,7 @@ def where(cond, a, b):
     cond = np.asarray(cond)
     if cond.dtype != bool:
         raise TypeError(f"where's condition must be boolean, got dtype {cond.dtype}")
-    return apply(_WHERE, a, b, cond)
+    return _binary(_WHERE, a, b, cond)
 
 
 def _compare(fn):

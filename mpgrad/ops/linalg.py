@@ -3,7 +3,8 @@
 The model is `accumulate=MODEL` (an mpgrad.accumulate model), else the active Policy's,
 else the default: the exact sum of the exact products rounded once to float32 (float64
 when computing in float64), then to the compute format. The backward matmuls use the
-same model.
+same model. Outside autocast and a Policy both operands must have one format (as in torch);
+a zero K gives zeros, a zero M, N or batch size an empty result.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ..accumulate import default_model, matmul_model
 from ..autodiff.engine import Op, apply
 from ..autodiff.policy import accumulate_model
 from ..autodiff.tensor import Tensor
-from .shape import reshape, transpose
+from .shape import broadcast_shape, reshape, transpose
 
 __all__ = ["matmul"]
 
@@ -54,6 +55,7 @@ def matmul(a, b, accumulate=None):
     if a2.shape[-1] != b2.shape[-2]:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align "
                          f"({a2.shape[-1]} != {b2.shape[-2]})")
+    broadcast_shape("matmul's batch axes", a2.shape[:-2], b2.shape[:-2])
     out = apply(_MATMUL, a2, b2, accumulate=accumulate_model(accumulate))
     if a.ndim == 1:
         out = out.reshape(out.shape[:-2] + out.shape[-1:])

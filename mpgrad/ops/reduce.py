@@ -34,7 +34,8 @@ def _count(shape: tuple, axes: tuple) -> int:
 def _flatten(a: np.ndarray, axes: tuple, keepdims: bool) -> tuple:
     """a with the reduced axes moved last and flattened (C order), and the result's shape."""
     kept = [i for i in range(a.ndim) if i not in axes]
-    flat = np.transpose(a, kept + list(axes)).reshape([a.shape[i] for i in kept] + [-1])
+    flat = np.transpose(a, kept + list(axes)).reshape(  # the count, not -1: size 0 is fine
+        [a.shape[i] for i in kept] + [_count(a.shape, axes)])
     shape = tuple(1 if i in axes else n for i, n in enumerate(a.shape)) if keepdims else \
         tuple(a.shape[i] for i in kept)
     return flat, shape
@@ -80,8 +81,14 @@ def _sum_forward(c, a, axes, keepdims, accumulate):
 
 def _mean_forward(c, a, axes, keepdims, accumulate):
     """Exact: the exact mean rounded once to acc. Otherwise the model's sum divided by the
-    count, rounded once to acc (the count is never rounded)."""
+    count, rounded once to acc (the count is never rounded). No terms: NaN, as torch."""
     model, n = accumulate or default_model(c), _count(a.shape, axes)
+    if n == 0:
+        if not c.has_nan:
+            raise ValueError(f"the mean over an empty axis (input shape {a.shape}) is NaN, "
+                             f"which {c.name} cannot hold; compute it in a format with NaN, "
+                             f"e.g. x.to('float32'), or take the sum")
+        return np.full(_flatten(a, axes, keepdims)[1], np.nan)
     if isinstance(model, Exact):
         pair = _divide_pair(*_exact_sum(a, axes, keepdims), n)
     else:
@@ -94,8 +101,13 @@ _SUM = Op("sum", _sum_forward, lambda ctx, g: (_spread(ctx, g),))
 _DIVIDE_BY_COUNT = Op("divide_by_count", lambda c, a, n: _divide_pair(a, np.zeros_like(a), n),
                       lambda ctx, g: (divide_by_count(g, ctx.args[0]),),
                       tensor_args=1)
-_MEAN = Op("mean", _mean_forward, lambda ctx, g: (_spread(ctx, divide_by_count(
+_MEAN = Op("mean", _mean_forward, lambda ctx, g: (_spread(ctx, _per_term(
                g, _count(ctx.inputs[0].shape, ctx.params["axes"]))),))
+
+
+def _per_term(g, n: int):
+    """g / n: each term's share of the mean's gradient (no terms: g, spread over nothing)."""
+    return divide_by_count(g, n) if n else g
 
 
 def divide_by_count(a, n: int):
@@ -105,14 +117,11 @@ def divide_by_count(a, n: int):
 
 def sum(a, axis=None, keepdims: bool = False, accumulate=None):
     """The sum over axis under the model (default: exact, rounded once to float32/64)."""
-    return apply(_SUM, a, axes=_axes(a.ndim, axis), keepdims=keepdims,
+    return apply(_SUM, a, axes=_axes(np.ndim(a), axis), keepdims=keepdims,
                  accumulate=accumulate_model(accumulate))
 
 
 def mean(a, axis=None, keepdims: bool = False, accumulate=None):
     """The mean over axis: the exact mean by default, else the model's sum / count."""
-    axes = _axes(a.ndim, axis)
-    if _count(a.shape, axes) == 0:
-        raise ValueError("mean of an empty selection")
-    return apply(_MEAN, a, axes=axes, keepdims=keepdims,
+    return apply(_MEAN, a, axes=_axes(np.ndim(a), axis), keepdims=keepdims,
                  accumulate=accumulate_model(accumulate))

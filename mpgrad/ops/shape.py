@@ -6,10 +6,10 @@ import numpy as np
 
 from ..autodiff.engine import Op, apply
 from ..autodiff.tensor import Tensor
-from ..numerics.exact import exact_sum
+from ..numerics.exact import exact_sum, normalize_axes
 
-__all__ = ["reshape", "transpose", "permute", "expand", "broadcast_to", "getitem",
-           "concatenate", "stack", "index_add"]
+__all__ = ["reshape", "transpose", "permute", "expand", "broadcast_to", "broadcast_shape",
+           "getitem", "concatenate", "stack", "index_add"]
 
 
 def _inverse(axes) -> tuple:
@@ -45,16 +45,43 @@ def _split(g, ctx) -> tuple:
                  for lo, hi in zip(bounds[:-1], bounds[1:]))
 
 
+def _sizes(shape, what: str) -> tuple:
+    """shape as a tuple of Python ints (TypeError for anything else)."""
+    shape = tuple(shape) if isinstance(shape, (tuple, list, np.ndarray)) else (shape,)
+    if any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) for n in shape):
+        raise TypeError(f"{what}: a shape holds integers, got {shape!r}")
+    return tuple(int(n) for n in shape)
+
+
+def _resolved(size: int, shape: tuple) -> tuple:
+    """shape with its -1 (at most one) replaced by the size that keeps `size` elements."""
+    if shape.count(-1) > 1 or any(n < -1 for n in shape):
+        raise ValueError(f"reshape: shape {shape} may hold one -1 and otherwise sizes >= 0")
+    known = int(np.prod([n for n in shape if n != -1]))
+    if -1 in shape:
+        if known == 0:  # torch: "the unspecified dimension size -1 can be any value"
+            raise ValueError(f"cannot reshape a tensor of {size} elements into shape {shape}:"
+                             " with a zero size beside it, the -1 could be any size")
+        shape = tuple(size // known if n == -1 else n for n in shape)
+    if int(np.prod(shape)) != size:
+        raise ValueError(f"cannot reshape a tensor of {size} elements into shape {shape}")
+    return shape
+
+
 def reshape(a, *shape):
-    """The same values in another shape."""
-    shape = tuple(shape[0]) if len(shape) == 1 and not np.isscalar(shape[0]) else shape
-    return apply(_RESHAPE, a, shape)
+    """The same values in another shape (one size may be -1)."""
+    shape = shape[0] if len(shape) == 1 and not np.isscalar(shape[0]) else shape
+    return apply(_RESHAPE, a, _resolved(int(np.size(a)), _sizes(shape, "reshape")))
 
 
 def transpose(a, axes=None):
     """Axes permuted (reversed by default)."""
-    axes = tuple(reversed(range(a.ndim))) if axes is None else tuple(axes)
-    return apply(_TRANSPOSE, a, axes)
+    ndim = np.ndim(a)
+    axes = tuple(reversed(range(ndim))) if axes is None else _sizes(axes, "transpose")
+    if len(axes) != ndim:
+        raise ValueError(f"transpose: axes {axes} do not permute the {ndim} axes of a tensor "
+                         f"of shape {np.shape(a)}; give each of 0 .. {ndim - 1} once")
+    return apply(_TRANSPOSE, a, normalize_axes(ndim, axes))
 
 
 def permute(a, *axes):
@@ -64,10 +91,28 @@ def permute(a, *axes):
 
 def broadcast_to(a, shape):
     """The values broadcast to shape (NumPy rules)."""
-    return apply(_EXPAND, a, tuple(shape))
+    shape, old = _sizes(shape, "broadcast_to"), np.shape(a)
+    if (len(shape) < len(old) or any(n < 0 for n in shape)
+            or any(m not in (1, n) for m, n in zip(reversed(old), reversed(shape)))):
+        raise ValueError(f"cannot broadcast a tensor of shape {old} to shape {shape}: aligned "
+                         "from the last axis, each size must be 1 or equal the new one")
+    return apply(_EXPAND, a, shape)
 
 
 expand = broadcast_to
+
+
+def broadcast_shape(what: str, *shapes: tuple) -> tuple:
+    """The shape NumPy broadcasts shapes to, or a ValueError naming what and the shapes."""
+    ndim = max((len(s) for s in shapes), default=0)
+    out = []
+    for sizes in zip(*((1,) * (ndim - len(s)) + tuple(s) for s in shapes)):
+        big = set(sizes) - {1}
+        if len(big) > 1:
+            raise ValueError(f"{what}: shapes {', '.join(map(str, shapes))} do not broadcast "
+                             "(aligned from the last axis, each size must be 1 or the same)")
+        out.append(big.pop() if big else 1)
+    return tuple(out)
 
 
 def getitem(a, index):

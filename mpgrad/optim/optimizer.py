@@ -20,7 +20,8 @@ from ..autodiff.policy import autocast
 from ..autodiff.tensor import Tensor
 from ..numerics.exact import two_prod
 from ..numerics.formats import Format, as_format
-from ..numerics.rng import generator
+from ..numerics.rng import (check_generator_state, generator, generator_state,
+                             set_generator_state)
 from ..numerics.rounding import round_to, to_float64
 from ..ops import add, cast, mul, sub
 from ..ops.fused import muladd, muladd_exact, rounded
@@ -76,6 +77,9 @@ class Optimizer:
         self.kahan = bool(kahan)
         self._rng = None if rng is None else generator(rng)  # None: mpgrad's global one
         self.state: dict[Tensor, dict[str, Any]] = {}
+        # the storage array each parameter's last step wrote: other bits in a parameter mean
+        # it was changed outside a step (loaded, copy_), and its derived state is made anew
+        self._written: dict[Tensor, np.ndarray] = {}
         self.param_groups: list[dict[str, Any]] = []
         self.lost_updates = 0  # elements whose nonzero delta left the stored value unchanged
         self.steps = 0
@@ -195,11 +199,10 @@ class Optimizer:
         state = self.state.get(p)
         if not state:
             state = self.state[p] = {}
-            if self.master_dtype is not None:
-                state["master"] = cast(p.detach(), fmt).detach()  # exact widening
-            if self.kahan:
-                state["kahan_comp"] = Tensor(np.zeros(p.shape), p.dtype)
+            self._derive(state, p)
             self._init_state(state, p, group, fmt)
+        elif p in self._written and not _same_bits(p.data, self._written[p]):
+            self._derive(state, p)
         x = state["master"] if self.master_dtype is not None else p.detach()
         grad = p.grad.detach() if p.grad.dtype == fmt else cast(p.grad.detach(), fmt)
         update = self._update(group, state, x, grad)
@@ -216,6 +219,15 @@ class Optimizer:
             p.copy_(new, mode=self.update_mode, rng=self._rng)
         else:
             p.copy_(new)
+        self._written[p] = p.data
+
+    def _derive(self, state: dict[str, Any], p: Tensor) -> None:
+        """Set the state derived from p's values: its master copy (the exact widening) and a
+        zero Kahan compensation; the rest of the state (momenta) is kept, as in torch."""
+        if self.master_dtype is not None:
+            state["master"] = cast(p.detach(), self.master_dtype).detach()
+        if self.kahan:
+            state["kahan_comp"] = Tensor(np.zeros(p.shape), p.dtype)
 
     def _stochastic(self) -> bool:
         return self.update_mode == "stochastic" and self.master_dtype is None
@@ -246,8 +258,10 @@ class Optimizer:
 
     # --- saving and loading --------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """{"state": {index: {...}}, "param_groups": [...], "counters": {...}}; the state's
-        tensors are exact (their stored values), parameters are numbered in group order."""
+        """{"state": {index: {...}}, "param_groups": [...], "counters": {...}, "rng": ...};
+        the state's tensors are exact (their stored values), parameters are numbered in group
+        order; rng is the state of the optimizer's own generator (None: it draws from
+        mpgrad's global one, whose state mpgrad.numerics.rng.get_rng_state gives)."""
         index: dict[int, int] = {}
         groups = []
         for group in self.param_groups:
@@ -261,14 +275,19 @@ class Optimizer:
                     state[index[id(p)]] = {k: v.detach() if isinstance(v, Tensor) else v
                                            for k, v in self.state[p].items()}
         return {"state": state, "param_groups": groups,
-                "counters": {"steps": self.steps, "lost_updates": self.lost_updates}}
+                "counters": {"steps": self.steps, "lost_updates": self.lost_updates},
+                "rng": None if self._rng is None else generator_state(self._rng)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict of this optimizer's layout; anything that does not fit (keys,
-        shapes, formats, group sizes) is a ValueError and nothing is changed."""
+        shapes, formats, group sizes, generator) is a ValueError and nothing is changed.
+
+        A loaded master copy or Kahan compensation is used as it is at the next step,
+        whatever the parameter holds then (load the model before or after the optimizer).
+        """
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        expected = {"state", "param_groups", "counters"}
+        expected = {"state", "param_groups", "counters", "rng"}
         if set(state_dict) != expected:
             raise ValueError(f"state_dict must have the keys {sorted(expected)}; missing "
                              f"{sorted(expected - set(state_dict))}, unexpected "
@@ -278,7 +297,12 @@ class Optimizer:
             raise ValueError("loaded state dict has a different number of parameter groups")
         new_groups, id_map, group_of = [], {}, {}
         for i, (group, sg) in enumerate(zip(self.param_groups, saved)):
-            if not isinstance(sg, dict) or len(sg.get("params", ())) != len(group["params"]):
+            indices = sg.get("params") if isinstance(sg, dict) else None
+            if not isinstance(indices, list) or not all(
+                    isinstance(k, int) and not isinstance(k, bool) for k in indices):
+                raise ValueError(f"parameter group {i}: 'params' must be a list of parameter "
+                                 f"indices (ints)")
+            if len(indices) != len(group["params"]):
                 raise ValueError("loaded state dict contains a parameter group that doesn't "
                                  "match the size of optimizer's group")
             if set(sg) != set(group):
@@ -310,11 +334,27 @@ class Optimizer:
                 or not all(_is_count(v) for v in counters.values())):
             raise ValueError("state_dict['counters'] must be {'steps': int >= 0, "
                              "'lost_updates': int >= 0}")
+        rng = state_dict["rng"]
+        if (rng is None) != (self._rng is None):
+            raise ValueError("state_dict['rng'] is " + (
+                "None: the saved optimizer drew from mpgrad's global generator; create this "
+                "one without rng=" if rng is None else
+                "a generator state: the saved optimizer drew from its own generator; create "
+                "this one with rng=<a seed>"))
+        if rng is not None:
+            try:
+                generator_state(self._rng)  # a PCG64 generator, which can take the state
+                rng = check_generator_state(rng)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"state_dict['rng']: {e}") from e
         for group, ng in zip(self.param_groups, new_groups):  # commit: nothing can fail now
             group.clear()
             group.update(ng)
         self.state = new_state
+        self._written = {}  # the loaded derived state holds, whatever the parameters hold
         self.steps, self.lost_updates = int(counters["steps"]), int(counters["lost_updates"])
+        if rng is not None:
+            set_generator_state(self._rng, rng)
 
     def _checked_state(self, k: Any, p: Tensor, group: dict[str, Any],
                        s: Any) -> dict[str, Any]:
@@ -349,6 +389,11 @@ class Optimizer:
                                  f"shape {v.shape}, expected {want.name} of shape {p.shape}")
             out[key] = v.detach()
         return out
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two storage arrays hold the same bit patterns (NaN payloads included)."""
+    return a is b or (a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes())
 
 
 def _is_count(v: Any) -> bool:

@@ -39,7 +39,8 @@ class SGD(Optimizer):
                          update_mode=update_mode, kahan=kahan, rng=rng)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
-        lr, momentum = hyperparameter("lr", group["lr"]), hyperparameter("momentum", group["momentum"])
+        lr = hyperparameter("lr", group["lr"])
+        momentum = hyperparameter("momentum", group["momentum"])
         dampening = hyperparameter("dampening", group["dampening"])
         weight_decay = hyperparameter("weight_decay", group["weight_decay"])
         if not 0.0 <= lr:
