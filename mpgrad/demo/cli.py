@@ -1,5 +1,5 @@
 """Command line: `mpgrad formats`, `mpgrad describe`, `mpgrad train`, `mpgrad compare`,
-`mpgrad probe` (also as `python -m mpgrad ...`)."""
+`mpgrad probe`, `mpgrad vectors` (also as `python -m mpgrad ...`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ..numerics.bits import describe
 from ..numerics.files import atomic_write, output_path
 from ..numerics.formats import FORMATS
 from ..numerics.rounding import MODES
+from ..numerics.vectors import DETERMINISTIC_MODES, check, vectors
 from .data import DATASETS, load
 from .recipes import DEFAULT_RECIPES, RECIPES, get_recipe
 from .table import text_table
@@ -212,6 +213,36 @@ def _describe(value: float, names: list[str], mode: str) -> list[str]:
     return errors
 
 
+def _vectors(args, command: argparse.ArgumentParser) -> int:
+    """`mpgrad vectors`: write TestFloat-format vectors, or check a results file (exit 0/1/2)."""
+    if args.check is None:
+        if args.op is None or args.format is None:
+            command.error("give OP and FORMAT to generate vectors, or --check FILE")
+        lines = vectors(args.op, args.format, args.mode or "nearest_even", count=args.count,
+                        exhaustive=args.exhaustive, seed=args.seed)
+        if args.o is None:
+            try:
+                for line in lines:
+                    print(line)
+                sys.stdout.flush()
+            except BrokenPipeError:  # a reader such as `head` stopped early: not an error
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        else:
+            text = "".join(line + "\n" for line in lines).encode()
+            atomic_write(output_path(args.o), lambda file: file.write(text))
+        return 0
+    try:
+        with open(args.check, encoding="ascii") as file:
+            total, bad = check(file.readlines(), args.op, args.format, args.mode)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        print(f"mpgrad vectors: cannot check {args.check}: {err}", file=sys.stderr)
+        return 2
+    print(f"{total} cases, {len(bad)} mismatches")
+    for m in bad[:10]:
+        print(f"line {m.line_number}: {m.line}   expected {m.expected}")
+    return 1 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the mpgrad command."""
     parser = argparse.ArgumentParser(prog="mpgrad", description=__doc__)
@@ -237,9 +268,24 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--vectors", required=True, metavar="FILE.npz",
                     help="a, b, c, d (raw bits) and a_format, b_format, out (see "
                     "mpgrad.accumulate.probing.save_vectors)")
+    v = sub.add_parser("vectors", help="TestFloat-format conformance vectors, or --check a "
+                       "results file")
+    v.add_argument("op", nargs="?", help="add, sub, mul, div, sqrt, fma or to:FORMAT")
+    v.add_argument("format", nargs="?", help="operand format (a name, or eXmY)")
+    v.add_argument("--mode", choices=DETERMINISTIC_MODES, help="rounding mode (default "
+                   "nearest_even; with --check, the file's header)")
+    amount = v.add_mutually_exclusive_group()
+    amount.add_argument("--count", type=_integer(1), default=10_000,
+                        help="level-1 cases: the special operands crossed, then random")
+    amount.add_argument("--exhaustive", action="store_true", help="every operand combination")
+    v.add_argument("--seed", type=_integer(0), default=0)
+    v.add_argument("-o", metavar="FILE", help="write to FILE (atomically) instead of stdout")
+    v.add_argument("--check", metavar="FILE", help="re-compute every line of a results file")
     args = parser.parse_args(argv)
     command = sub.choices[args.command]
     try:
+        if args.command == "vectors":
+            return _vectors(args, command)
         if args.command == "formats":
             print(formats_table())
         elif args.command == "describe":
