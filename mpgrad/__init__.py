@@ -22,6 +22,7 @@ from .autodiff import (Policy, Tensor, arange, autocast, enable_grad, full, is_g
 from . import ops
 from .ops import *  # noqa: F401,F403  (every op as mpgrad.<name>)
 from . import amp, nn, optim, testing
+from .testing import golden
 
 __all__ = [
     "__version__",
@@ -34,6 +35,6 @@ __all__ = [
     "MODES", "STOCHASTIC_BITS", "RoundingStats", "record_rounding", "round_to", "to_float64",
     "enable_grad", "is_grad_enabled", "no_grad", "Policy", "autocast", "promote", "use_policy",
     "Tensor", "arange", "full", "ones", "rand", "randn", "tensor", "zeros", "ops", "testing",
-    "accumulate", "hardware", "mma", "probe", "amp", "nn", "optim",
+    "accumulate", "hardware", "mma", "probe", "amp", "nn", "optim", "golden",
     *ops.__all__,
 ]

@@ -1,5 +1,5 @@
 """Command line: `mpgrad formats`, `mpgrad describe`, `mpgrad train`, `mpgrad compare`,
-`mpgrad probe`, `mpgrad vectors` (also as `python -m mpgrad ...`)."""
+`mpgrad probe`, `mpgrad vectors`, `mpgrad check` (also as `python -m mpgrad ...`)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ from ..numerics.files import atomic_write, output_path
 from ..numerics.formats import FORMATS
 from ..numerics.rounding import MODES
 from ..numerics.vectors import DETERMINISTIC_MODES, check, vectors
+from ..testing.golden import Report, parse_tolerance
+from ..testing.golden import check as check_golden
 from .data import DATASETS, load
 from .recipes import DEFAULT_RECIPES, RECIPES, get_recipe
 from .table import text_table
 from .train import results_table, train
 
-__all__ = ["main", "formats_table", "probe_table", "PLOT_SUFFIXES"]
+__all__ = ["main", "formats_table", "probe_table", "check_table", "PLOT_SUFFIXES"]
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")  # what --plot writes (matplotlib's Agg backend)
 
@@ -243,6 +245,48 @@ def _vectors(args, command: argparse.ArgumentParser) -> int:
     return 1 if bad else 0
 
 
+def _tolerance(text: str) -> str:
+    """An argparse type: a tolerance mpgrad.golden.check takes (checked before any file)."""
+    try:
+        parse_tolerance(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def check_table(report: Report) -> str:
+    """A golden-file report as a text table, the offenders and a PASS/FAIL line."""
+    rows = [(r.name, r.format, "x".join(map(str, r.shape)) or "scalar", str(r.count),
+             str(r.bit_equal), str(r.within), "-" if r.max_ulps is None else str(r.max_ulps),
+             " ".join(f"{k}:{n}" for k, n in r.histogram), "ok" if r.passed else "FAIL")
+            for r in report.rows]
+    lines = [f"golden {report.golden}, tolerance {report.tolerance}", text_table(
+        ("tensor", "format", "shape", "elements", "bit-equal", "within", "max ulps",
+         "ulps histogram", "result"), rows)]
+    for r in report.rows:
+        for o in r.offenders:
+            lines.append(f"{r.name}{list(o.index)}: golden {o.golden!r} ({o.golden_bits}), "
+                         f"candidate {o.candidate!r} ({o.candidate_bits}), "
+                         f"{'NaN vs number' if o.ulps is None else f'{o.ulps} ulps'}")
+    lines.append("PASS" if report.passed else "FAIL")
+    return "\n".join(lines)
+
+
+def _check(args) -> int:
+    """`mpgrad check`: compare a candidate with a golden file (exit 0 pass, 1 fail, 2
+    unusable input)."""
+    try:
+        report = check_golden(args.golden, args.candidate, tolerance=args.tolerance)
+    except OSError as err:
+        print(f"mpgrad check: cannot read {err.filename}: {err.strerror}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"mpgrad check: {err}", file=sys.stderr)
+        return 2
+    print(report.to_json() if args.json else check_table(report))
+    return 0 if report.passed else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the mpgrad command."""
     parser = argparse.ArgumentParser(prog="mpgrad", description=__doc__)
@@ -281,11 +325,21 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--seed", type=_integer(0), default=0)
     v.add_argument("-o", metavar="FILE", help="write to FILE (atomically) instead of stdout")
     v.add_argument("--check", metavar="FILE", help="re-compute every line of a results file")
+    ch = sub.add_parser("check", help="compare a candidate with a golden file (exit 0 pass, "
+                        "1 fail, 2 unusable input)")
+    ch.add_argument("golden", metavar="GOLDEN", help="a file mpgrad.golden.record wrote")
+    ch.add_argument("candidate", metavar="CANDIDATE", help="a golden-format file to check")
+    ch.add_argument("--tolerance", type=_tolerance, default="bits", help="bits (bit-equal, "
+                    "any NaN for a NaN), ulps=N (at most N ulps apart) or bound (not "
+                    "available yet)")
+    ch.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     command = sub.choices[args.command]
     try:
         if args.command == "vectors":
             return _vectors(args, command)
+        if args.command == "check":
+            return _check(args)
         if args.command == "formats":
             print(formats_table())
         elif args.command == "describe":

@@ -6,13 +6,13 @@ from typing import Callable
 
 import numpy as np
 
-from .accumulate.bounds import abs_up, accumulation_error_bound, all_products, operands, values
-from .autodiff.engine import no_grad
-from .autodiff.tensor import Tensor
-from .numerics.bits import to_bits
-from .numerics.exact import exact_sum
-from .numerics.formats import Format, as_format, float64
-from .numerics.rounding import to_float64
+from ..accumulate.bounds import abs_up, accumulation_error_bound, all_products, operands, values
+from ..autodiff.engine import no_grad
+from ..autodiff.tensor import Tensor
+from ..numerics.bits import to_bits
+from ..numerics.exact import exact_sum
+from ..numerics.formats import Format, as_format, float64
+from ..numerics.rounding import to_float64
 
 __all__ = ["check_grads", "assert_bits_equal", "accumulation_error_bound", "assert_matmul_close"]
 
