@@ -137,3 +137,21 @@ def test_span_bound_from_the_format_precision(fmt, spread):
     got = mpgrad.to_float64(mpgrad.round_to(exact_matmul(a, b, fmt.precision), "float32"))
     assert got.tolist() == [[ref_round(v, mpgrad.float32, "nearest_even") for v in r]
                             for r in want]
+
+
+@pytest.mark.parametrize("max_bits", [None, 53, 24])
+def test_a_zero_operand_beside_full_width_values(max_bits):
+    """A zero operand has bit span 0: the slice widths must still be >= 1 (found by
+    tests/test_guarantees.py: [1.] @ [0.] in float64 divided by a zero width)."""
+    rng = np.random.default_rng(3)
+    for K in (1, 2, 7):
+        a = rng.standard_normal((3, K)) if max_bits != 24 else \
+            rng.standard_normal((3, K)).astype(np.float32).astype(np.float64)
+        for b in (np.zeros((K, 2)), np.eye(K, 2)):
+            pair = exact_matmul(a, b, max_bits)
+            want = exact_products(a, b)
+            got = mpgrad.to_float64(mpgrad.round_to(pair, mpgrad.float64))
+            assert np.array_equal(got, [[ref_round(v, mpgrad.float64, "nearest_even")
+                                         for v in row] for row in want])
+            assert np.array_equal(mpgrad.matmul(mpgrad.tensor(a), mpgrad.tensor(b))
+                                  .to_float64(), got)

@@ -866,3 +866,18 @@ def test_autocast_float16():
     xr, yr = np.array(ref_round_all(xv, F16)), np.array(ref_round_all(yv, F16))
     compare(lowered, mpfr_binary("mul", xr, yr, F16), F16, "autocast(lower={mul}): f32 * f32",
             (xv, yv))
+
+
+def test_float64_division_into_the_subnormal_range():
+    """float64 quotients below 2**-1019 are rounded once (IEEE's own quotient), not twice
+    through exact_div's round-to-odd pair (found by tests/test_guarantees.py: -1e-300 / 1e30
+    gave -5e-324 instead of -0)."""
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal(4000) * 2.0 ** rng.integers(-1074, -900, 4000)
+    a[a == 0] = 5e-324  # (a Fraction has no -0: zero dividends are tested elsewhere)
+    b = rng.standard_normal(4000) * 2.0 ** rng.integers(0, 160, 4000)
+    a[:3], b[:3] = [-1e-300, 5e-324, 3 * 5e-324], [1e30, 2.0, 2.0]  # -0, a tie to even, 2**-1073
+    got = mpgrad.div(mpgrad.tensor(a), mpgrad.tensor(b)).to_float64()
+    want = [ref_round(Fraction(float(x)) / Fraction(float(y)), mpgrad.float64, NE)
+            for x, y in zip(a, b)]
+    assert np.array_equal(got, want) and np.array_equal(np.signbit(got), np.signbit(want))

@@ -58,7 +58,7 @@ def _widths(K: int, span_a: int, span_b: int) -> tuple[int, int]:
     """Slice widths (beta_a, beta_b) with K * 2**(beta_a + beta_b) <= 2**53 that need the
     fewest BLAS products, when one or two suffice; else the equal widths of slice_bits."""
     budget = 53 - (K - 1).bit_length()  # K <= 2**(53 - budget)
-    if span_a + span_b <= budget:
+    if max(span_a, 1) + max(span_b, 1) <= budget:  # (a zero operand has span 0)
         return max(span_a, 1), budget - max(span_a, 1)
     if 1 <= span_b < budget and span_a <= 2 * (budget - span_b):  # A in two slices, B in one
         return budget - span_b, span_b

@@ -17,7 +17,7 @@ from ..autodiff.engine import Op, apply, as_tensor
 from ..autodiff.tensor import Tensor
 from ..numerics.elementary import correctly_rounded
 from ..numerics.exact import clean_pair, exact_div, exact_sqrt, two_prod, two_sum
-from ..numerics.formats import promote
+from ..numerics.formats import Format, float64, promote
 from .shape import broadcast_shape
 
 __all__ = ["add", "sub", "mul", "div", "neg", "abs", "sqrt", "exp", "log", "tanh", "sigmoid",
@@ -39,7 +39,17 @@ _ADD = Op("add", lambda c, a, b: clean_pair(*two_sum(a, b)), lambda ctx, g: (g, 
 _SUB = Op("sub", lambda c, a, b: clean_pair(*two_sum(a, -b)), lambda ctx, g: (g, -g))
 _MUL = Op("mul", lambda c, a, b: clean_pair(*two_prod(a, b)),
           lambda ctx, g: (g * ctx.inputs[1], g * ctx.inputs[0]))
-_DIV = Op("div", lambda c, a, b: clean_pair(*exact_div(a, b)),
+def _quotient(c: Format, a: np.ndarray, b: np.ndarray):
+    """a / b as a pair rounding like the exact quotient to c. Below 2**-1019 exact_div's
+    pair is rounded to odd on float64's own subnormal grid, fine for every narrower format
+    but a second rounding in float64: there the quotient is IEEE's, rounded once."""
+    q, r = exact_div(a, b)
+    if c == float64:
+        r = np.where(np.abs(q) < 2.0 ** -1019, np.copysign(0.0, q), r)
+    return clean_pair(q, r)
+
+
+_DIV = Op("div", lambda c, a, b: _quotient(c, a, b),
           lambda ctx, g: (g / ctx.inputs[1], -g * (ctx.out / ctx.inputs[1])))
 _NEG = Op("neg", lambda c, a: -a, lambda ctx, g: (-g,))
 _ABS = Op("abs", lambda c, a: np.abs(a), lambda ctx, g: (g * sign(ctx.inputs[0]),))
