@@ -95,14 +95,17 @@ def two_prod(a, b) -> tuple[np.ndarray, np.ndarray]:
     Exact when |a|, |b| <= 2**996 (the split's (2**27 + 1) * a stays finite) and either
     a * b == 0, or |a * b| <= 2**1023 and ea + eb >= -970 where |a| is in [2**ea, 2**(ea+1))
     and likewise b (then every partial product is a multiple of 2**-1074, so nothing
-    underflows inexactly). Any a, b of float32's range (subnormals included) qualify.
+    underflows inexactly). Any a, b of float32's range (subnormals included) qualify. Where
+    the split overflows (|a| or |b| > 2**996) but p is finite, e is 0: p alone, IEEE's
+    product, which is the correctly rounded float64 result.
     """
     a, b = _f64(a), _f64(b)
     with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN: the low part is meaningless
         p = a * b
         ah, al = _split(a)
         bh, bl = _split(b)
-        return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+        e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+        return p, np.where(np.isfinite(p) & ~np.isfinite(e), 0.0, e)
 
 
 def _correction(q: np.ndarray, sign: np.ndarray, approx: np.ndarray) -> np.ndarray:
