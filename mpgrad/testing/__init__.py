@@ -6,15 +6,16 @@ from typing import Callable
 
 import numpy as np
 
-from ..accumulate.bounds import abs_up, accumulation_error_bound, all_products, operands, values
+from ..accumulate.bounds import accumulation_error_bound
 from ..autodiff.engine import no_grad
 from ..autodiff.tensor import Tensor
 from ..numerics.bits import to_bits
-from ..numerics.exact import exact_sum
 from ..numerics.formats import Format, as_format, float64
 from ..numerics.rounding import to_float64
+from .close import OPS, Comparison, Offender, TensorCheck, assert_close, compare
 
-__all__ = ["check_grads", "assert_bits_equal", "accumulation_error_bound", "assert_matmul_close"]
+__all__ = ["check_grads", "assert_bits_equal", "accumulation_error_bound", "assert_matmul_close",
+           "assert_close", "compare", "Comparison", "TensorCheck", "Offender", "OPS"]
 
 _SEED = 0  # the weights w are drawn from this seed, so every check is reproducible
 
@@ -141,37 +142,7 @@ def assert_bits_equal(a, b, max_report: int = 5) -> None:
 
 def assert_matmul_close(candidate, A, B, model, out: Format | str | None = None,
                         out_mode: str = "nearest_even") -> None:
-    """Assert |candidate - A @ B| <= accumulation_error_bound(A, B, model, out) elementwise.
-
-    The difference is evaluated exactly: the products and -candidate are summed by
-    mpgrad.numerics.exact.exact_sum, and that rounding-equivalent pair rounded up/down to float64
-    bounds |candidate - exact| from above.  A non-finite candidate passes only where the
-    bound is inf (overflow possible).  On failure the message gives the number of
-    violating elements and the worst one (largest |difference| / bound).
-    """
-    a, b = operands(A, B)
-    c = values(candidate)
-    shape = (a.shape[0], b.shape[1])
-    if c.shape != shape:
-        raise AssertionError(f"candidate has shape {c.shape}, A @ B has {shape}")
-    bound = accumulation_error_bound(a, b, model, out, out_mode)
-    fin = np.isfinite(c)
-    terms = np.concatenate([all_products(a, b), -np.where(fin, c, 0.0)[None]])
-    diff = abs_up(exact_sum(terms, axis=0))  # >= |exact - candidate| where finite
-    diff = np.where(fin, diff, np.inf)
-    with np.errstate(invalid="ignore"):
-        bad = ~(diff <= bound) & ~(~fin & np.isinf(bound))
-    if not bad.any():
-        return
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(bad, diff / bound, -np.inf)
-    ratio = np.where(np.isnan(ratio), np.inf, ratio)
-    worst = np.unravel_index(int(np.argmax(ratio)), shape)
-    exact = exact_sum(all_products(a, b), axis=0)
-    ex = float(exact[0][worst] + exact[1][worst])
-    raise AssertionError(
-        f"{int(bad.sum())} of {bad.size} elements exceed the {model!r} error bound"
-        f"{'' if out is None else f' (out={as_format(out).name})'}; worst at "
-        f"{tuple(int(i) for i in worst)}: candidate {float(c[worst])!r}, exact {ex!r}, "
-        f"|difference| {float(diff[worst])!r}, bound {float(bound[worst])!r}, "
-        f"ratio {float(ratio[worst]):.4g}")
+    """assert_close(candidate, "matmul", A, B, model=model, out=out) for 2-D A and B: the
+    candidate is the model's accumulator value, or that value rounded to out in out_mode."""
+    assert_close(candidate, "matmul", A, B, model=model, out=model.acc if out is None else out,
+                 mode=out_mode)
