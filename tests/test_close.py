@@ -411,3 +411,10 @@ def test_errors():
                         "gelu", "silu", "cross_entropy", "linear", "add", "exp"}
     assert compare(F.softmax(mpgrad.tensor(x)), F.softmax, x).passed  # op as a function
     assert math.isfinite(compare(x, "relu", x).tensors[0].max_ulps)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_torch_cpu_log_softmax_within_its_own_format_bound(dtype):
+    torch = pytest.importorskip("torch")
+    x = torch.tensor(data((32, 96), float32, 3.0, 32)).to(getattr(torch, dtype))
+    assert_close(torch.log_softmax(x, -1), "log_softmax", x, compute=dtype, ulps=1)
