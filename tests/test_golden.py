@@ -15,6 +15,9 @@ from mpgrad import Format, Policy, from_bits, golden
 from mpgrad.accumulate import Exact, Sequential
 from mpgrad.demo.cli import main
 from mpgrad.testing import assert_bits_equal
+import mpgrad.nn.functional as F
+from mpgrad.accumulate.hardware import HARDWARE
+from mpgrad.demo.cli import check_table
 
 CUSTOM = [Format.custom(3, 1, nan="none"), Format.custom(6, 5, nan="fnuz"),
           Format.custom(9, 20, nan="fnuz")]  # one NaN code at most: no payload to lose
@@ -235,8 +238,7 @@ def test_damaged_files_are_a_value_error(tmp_path, damage):
 
 
 def test_check_tolerances_are_validated():
-    with pytest.raises(ValueError, match="not available yet"):
-        golden.parse_tolerance("bound")
+    assert golden.parse_tolerance("bound") == "bound"
     for bad in ("ulps=-1", "ulps=x", "close"):
         with pytest.raises(ValueError, match="unknown tolerance"):
             golden.parse_tolerance(bad)
@@ -260,9 +262,62 @@ def test_cli_exit_codes_and_json(tmp_path, capsys):
     golden.write(c, {"output.y": tensors["output.y"]})
     assert main(["check", g, c]) == 2
     assert "missing" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as stop:  # validated before any file is read
-        main(["check", str(tmp_path / "absent"), c, "--tolerance", "bound"])
-    assert stop.value.code == 2 and "not available yet" in capsys.readouterr().err
+    for bad in (["--tolerance", "close"], ["--compute", "bogus"], ["--model", "X1"],
+                ["--ulps", "0.1"]):
+        with pytest.raises(SystemExit) as stop:  # validated before any file is read
+            main(["check", str(tmp_path / "absent"), c, *bad])
+        assert stop.value.code == 2 and "error: argument" in capsys.readouterr().err
+    assert main(["check", g, g, "--tolerance", "bound"]) == 2  # a function, not an op
+    assert "needs a golden file recorded from an op" in capsys.readouterr().err
+
+
+def _bf16(shape, seed):
+    values = np.random.default_rng(seed).standard_normal(shape) * 3
+    return mpgrad.tensor(values, "bf16", requires_grad=True)
+
+
+def test_bound_tolerance_judges_against_the_exact_result(tmp_path, capsys):
+    """mpgrad's bf16 layer norm (every step in bf16) is the golden; a kernel computing in
+    float32 and rounding once differs from it in bits but lies inside the bound."""
+    g, c = str(tmp_path / "g.safetensors"), str(tmp_path / "c.safetensors")
+    x, w, b = _bf16((8, 64), 40), _bf16((64,), 41), _bf16((64,), 42)
+    golden.record(g, "layer_norm", [x, w, b], grad=True, op_args={"normalized_shape": (64,)})
+    assert golden.read(g).metadata["op"] == "layer_norm"
+    x32, w32, b32 = (mpgrad.tensor(t.to_float64(), "float32", requires_grad=True)
+                     for t in (x, w, b))
+    y = F.layer_norm(x32, (64,), w32, b32)
+    y.backward(mpgrad.ones(8, 64, dtype="float32"))
+    kernel = {"output.0": y.to("bf16"), "grad.0": x32.grad.to("bf16"),
+              "grad.1": w32.grad.to("bf16"), "grad.2": b32.grad.to("bf16")}
+    assert not golden.check(g, kernel).passed
+    report = golden.check(g, kernel, tolerance="bound", compute="float32")
+    assert report.passed, check_table(report)
+    wrong = dict(kernel)
+    v = kernel["output.0"].data.copy()
+    v[3, 5] = -v[3, 5] if v[3, 5] != 0 else 1.0  # a sign error
+    wrong["output.0"] = mpgrad.Tensor(v, "bf16")
+    report = golden.check(g, wrong, tolerance="bound", compute="float32")
+    row = next(r for r in report.rows if r.name == "output.0")
+    assert row.name == "output.0" and row.within == row.count - 1
+    assert row.offenders[0].index == (3, 5)
+    golden.write(c, wrong)
+    assert main(["check", g, c, "--tolerance", "bound", "--compute", "float32"]) == 1
+    assert "output.0[3, 5]" in capsys.readouterr().out
+    golden.write(c, kernel)
+    assert main(["check", g, c, "--tolerance", "bound", "--compute", "float32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"] is True
+
+
+def test_bound_tolerance_with_a_hardware_preset(tmp_path):
+    g = str(tmp_path / "g.safetensors")
+    A = mpgrad.tensor(np.random.default_rng(43).standard_normal((16, 256)), "float16")
+    B = mpgrad.tensor(np.random.default_rng(44).standard_normal((256, 8)), "float16")
+    golden.record(g, mpgrad.matmul, [A, B])
+    preset = HARDWARE["H100_FP16"]
+    y = mpgrad.matmul(A, B, accumulate=preset)
+    assert golden.check(g, {"output.0": y}, tolerance="bound", model=preset).passed
+    fp16 = mpgrad.matmul(A, B, accumulate=Sequential("float16"))
+    assert not golden.check(g, {"output.0": fp16}, tolerance="bound", model=preset).passed
 
 
 def test_a_linear_layer_forward_and_backward(tmp_path):

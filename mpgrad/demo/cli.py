@@ -15,7 +15,7 @@ from ..accumulate.hardware import HARDWARE
 from ..accumulate.probing import compare, load_vectors
 from ..numerics.bits import describe
 from ..numerics.files import atomic_write, output_path
-from ..numerics.formats import FORMATS
+from ..numerics.formats import FORMATS, as_format
 from ..numerics.rounding import MODES
 from ..numerics.vectors import DETERMINISTIC_MODES, check, vectors
 from ..testing.golden import Report, parse_tolerance
@@ -245,6 +245,22 @@ def _vectors(args, command: argparse.ArgumentParser) -> int:
     return 1 if bad else 0
 
 
+def _format(text: str) -> str:
+    """An argparse type: a format name (checked before any file)."""
+    try:
+        return as_format(text).name
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _ulps(text: str) -> float:
+    """An argparse type: an accuracy in ulps, a finite number >= 0.5."""
+    value = _rate(text)
+    if value < 0.5:
+        raise argparse.ArgumentTypeError(f"must be at least 0.5 (correctly rounded), got {text}")
+    return value
+
+
 def _tolerance(text: str) -> str:
     """An argparse type: a tolerance mpgrad.golden.check takes (checked before any file)."""
     try:
@@ -276,7 +292,9 @@ def _check(args) -> int:
     """`mpgrad check`: compare a candidate with a golden file (exit 0 pass, 1 fail, 2
     unusable input)."""
     try:
-        report = check_golden(args.golden, args.candidate, tolerance=args.tolerance)
+        report = check_golden(args.golden, args.candidate, tolerance=args.tolerance,
+                              compute=args.compute, ulps=args.ulps,
+                              model=None if args.model is None else HARDWARE[args.model])
     except OSError as err:
         print(f"mpgrad check: cannot read {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
@@ -330,8 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     ch.add_argument("golden", metavar="GOLDEN", help="a file mpgrad.golden.record wrote")
     ch.add_argument("candidate", metavar="CANDIDATE", help="a golden-format file to check")
     ch.add_argument("--tolerance", type=_tolerance, default="bits", help="bits (bit-equal, "
-                    "any NaN for a NaN), ulps=N (at most N ulps apart) or bound (not "
-                    "available yet)")
+                    "any NaN for a NaN), ulps=N (at most N ulps apart) or bound (within the "
+                    "rigorous bound of the op the golden file records, see assert_close)")
+    ch.add_argument("--compute", type=_format, help="with --tolerance bound: the format the "
+                    "candidate computes in (default: the recorded one, else the output's)")
+    ch.add_argument("--model", choices=sorted(HARDWARE), metavar="PRESET", help="with "
+                    "--tolerance bound: the candidate's accumulation model, a hardware preset "
+                    "(H100_FP16, MI300_BF16, ...; default: any order in --compute)")
+    ch.add_argument("--ulps", type=_ulps, default=0.5, help="with --tolerance bound: the "
+                    "accuracy of its exp/log/erf/tanh/rsqrt in ulps (default 0.5)")
     ch.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     command = sub.choices[args.command]

@@ -29,7 +29,8 @@ from ..numerics.rounding import round_to, to_float64
 from .enclosure import Arithmetic, Calc, Enclosed, exact, margin
 from .opbounds import ELEMENTWISE, RULES
 
-__all__ = ["assert_close", "compare", "Comparison", "TensorCheck", "Offender", "OPS"]
+__all__ = ["assert_close", "compare", "Comparison", "TensorCheck", "Offender", "OPS", "OP_CALLS",
+           "op_name"]
 
 OPS = tuple(RULES)
 _BY_FUNCTION = {getattr(module, name): name for name in RULES for module in (ops, F)
@@ -37,6 +38,17 @@ _BY_FUNCTION = {getattr(module, name): name for name in RULES for module in (ops
 _SUMS = ("linear", "matmul", "sum", "mean")  # a model reduces their terms as they are
 _REDUCING = set(_SUMS) | {"softmax", "log_softmax", "cross_entropy", "layer_norm"}
 _WORST = 5
+
+
+def _layer_norm(x, weight=None, bias=None, normalized_shape=None, eps=1e-5):
+    shape = x.shape[-1:] if normalized_shape is None else normalized_shape
+    return F.layer_norm(x, shape, weight, bias, eps)
+
+
+# mpgrad's implementation of each op, called with assert_close's inputs and op arguments
+OP_CALLS = {**{name: getattr(ops, name) for name in RULES if hasattr(ops, name)},
+            "softmax": F.softmax, "log_softmax": F.log_softmax, "linear": F.linear,
+            "cross_entropy": F.cross_entropy, "layer_norm": _layer_norm}
 
 
 @dataclass(frozen=True)
@@ -97,7 +109,8 @@ class Comparison:
         return "\n".join(lines)
 
 
-def _name(op) -> str:
+def op_name(op) -> str:
+    """The name in OPS of an op given by name or as the mpgrad function."""
     name = op if isinstance(op, str) else _BY_FUNCTION.get(op)
     if name not in RULES:
         raise ValueError(f"assert_close: no bound for op {op!r}; ops with bounds: "
@@ -365,7 +378,7 @@ def compare(candidate, op, *inputs, compute: Format | str | None = None, model=N
             out: Format | str | None = None, grad=None, ulps: float = 0.5,
             mode: str = "nearest_even", **op_args) -> Comparison:
     """The verdict assert_close gives, as a Comparison (see assert_close)."""
-    name = _name(op)
+    name = op_name(op)
     rule = RULES[name]
     if not 1 <= len(inputs) <= rule.inputs:
         raise TypeError(f"assert_close: {name} takes 1 to {rule.inputs} inputs, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from typing import Callable, Mapping
 
@@ -18,6 +18,7 @@ from ..autodiff.tensor import Tensor
 from ..numerics.bits import from_bits, to_bits, ulp_distance
 from ..numerics.files import output_path
 from ..numerics.formats import Format, as_format
+from .close import OP_CALLS, OPS, compare, op_name
 from .goldenfile import Golden, encoding, read, write
 
 __all__ = ["record", "check", "Report", "Row", "Offender", "parse_tolerance", "Golden",
@@ -35,10 +36,14 @@ def _named(values, prefix: str) -> dict[str, Tensor]:
     return named
 
 
-def record(path: str | os.PathLike, fn: Callable, inputs, *, policy: Policy | str | None = None,
-           grad: bool = False, name: str | None = None) -> Golden:
+def record(path: str | os.PathLike, fn: Callable | str, inputs, *,
+           policy: Policy | str | None = None, grad: bool = False, name: str | None = None,
+           op_args: Mapping | None = None) -> Golden:
     """Run fn(**inputs) (a dict) or fn(*inputs) (a list) under policy and write a golden file.
 
+    fn may be an op of mpgrad.testing.OPS (its name or mpgrad function) with a list of inputs
+    and op_args as assert_close takes them: the file then names the op and its arguments,
+    and `check(..., tolerance="bound")` can judge a candidate against the exact result.
     policy None runs under the active policy (if any). The output(s) may be a Tensor, a
     tuple/list or a dict of Tensors, saved as "output.<i or key>", the inputs as
     "input.<key or i>". With grad=True every output that requires grad is back-propagated
@@ -47,6 +52,16 @@ def record(path: str | os.PathLike, fn: Callable, inputs, *, policy: Policy | st
     name is the description saved (default: fn's qualified name). Returns the file read back.
     """
     path = output_path(path)
+    listed = isinstance(inputs, (list, tuple))
+    op = op_name(fn) if isinstance(fn, str) or (listed and fn in OP_CALLS.values()) else None
+    op_args = dict(op_args or {})
+    if op is not None:
+        if not listed:
+            raise TypeError(f"record: the op {op} takes a list of inputs, as assert_close")
+        fn = OP_CALLS[op]
+    elif op_args:
+        raise TypeError("record: op_args are for an op of mpgrad.testing.OPS; pass a "
+                        "function of the inputs instead")
     if not isinstance(inputs, (Mapping, list, tuple)):
         raise TypeError(f"inputs must be a dict name -> Tensor or a list of Tensors, not "
                         f"{type(inputs).__name__}")
@@ -60,7 +75,7 @@ def record(path: str | os.PathLike, fn: Callable, inputs, *, policy: Policy | st
     for t in given.values():
         t.grad = None
     with restored(active):
-        result = fn(**inputs) if isinstance(inputs, Mapping) else fn(*inputs)
+        result = fn(**inputs) if isinstance(inputs, Mapping) else fn(*inputs, **op_args)
         outputs = _named(result, "output")
         if grad:
             chained = [t for t in outputs.values() if t.requires_grad]
@@ -74,11 +89,15 @@ def record(path: str | os.PathLike, fn: Callable, inputs, *, policy: Policy | st
     model = getattr(active, "accumulate", None)
     compute = getattr(active, "compute", None)
     meta = {"mpgrad_version": version("mpgrad"),
-            "description": name or getattr(fn, "__qualname__", repr(fn)),
+            "description": name or op or getattr(fn, "__qualname__", repr(fn)),
             "policy": repr(active),
             "accumulate": repr(model) if model is not None else
             repr(default_model(compute)) if compute is not None else
             "the default model of each op's compute format (accumulate.default_model)"}
+    if op is not None:
+        meta.update(op=op, op_args=json.dumps(op_args))
+        if compute is not None:
+            meta["compute"] = compute.name
     write(path, {**given, **outputs, **grads}, meta)
     return read(path)
 
@@ -143,14 +162,13 @@ class Report:
                            "passed": self.passed, "tensors": rows}, indent=1)
 
 
-def parse_tolerance(tolerance: str) -> int | None:
-    """The ulps a tolerance allows ("ulps=N": N), or None for "bits" (bit-equal)."""
+def parse_tolerance(tolerance: str) -> int | str | None:
+    """The ulps a tolerance allows ("ulps=N": N), None for "bits" (bit-equal), or "bound"."""
     text = tolerance.strip().lower() if isinstance(tolerance, str) else tolerance
     if text == "bits":
         return None
     if text == "bound":
-        raise ValueError("tolerance 'bound' is not available yet: it needs the rigorous "
-                         "per-op bounds of mpgrad.testing.assert_close; use 'bits' or 'ulps=N'")
+        return "bound"
     if isinstance(text, str) and text.startswith("ulps=") and text[5:].isdigit():
         return int(text[5:])
     raise ValueError(f"unknown tolerance {tolerance!r}: give 'bits', 'ulps=N' (N >= 0) "
@@ -205,17 +223,67 @@ def _row(name: str, g: Tensor, c: Tensor, ulps: int | None, max_report: int) -> 
                int(dist[both].max()) if both.any() else None, tuple(hist.items()), offenders)
 
 
-def check(golden_path: str | os.PathLike, candidate, *, tolerance: str = "bits",
-          max_report: int = 5) -> Report:
-    """Compare a candidate (a golden-format file, or a dict name -> Tensor/array) with a
-    golden file, tensor by tensor, within tolerance "bits" or "ulps=N".
+def _bounded(row: Row, g: Tensor, c: Tensor, verdict, max_report: int) -> Row:
+    """row with its within count and offenders from assert_close's verdict on c."""
+    width = (g.dtype.bits + 3) // 4
+    gb, cb = to_bits(g.data, g.dtype), to_bits(c.data, c.dtype)
+    gv, cv = g.to_float64(), c.to_float64()
+    offenders = []
+    for o in verdict.worst[:max_report]:
+        k = o.index
+        both = not (np.isnan(gv[k]) or np.isnan(cv[k]))
+        offenders.append(Offender(k, float(gv[k]), float(cv[k]), f"0x{int(gb[k]):0{width}x}",
+                                  f"0x{int(cb[k]):0{width}x}",
+                                  int(abs(ulp_distance(gv[k], cv[k], g.dtype))) if both
+                                  else None))
+    return replace(row, within=row.count - verdict.failed, offenders=tuple(offenders))
 
+
+def _bound_verdicts(meta: dict, golden: dict, candidate: dict, compute, model, ulps) -> dict:
+    """assert_close's verdict on each output.* and grad.* candidate tensor of an op's file."""
+    if "op" not in meta:
+        raise ValueError("tolerance 'bound' needs a golden file recorded from an op of "
+                         f"mpgrad.testing.OPS ({', '.join(OPS)}); this one records "
+                         f"{meta.get('description', 'a function')!r}")
+    op = meta["op"]
+    op_args = {k: tuple(v) if isinstance(v, list) else v  # JSON has no tuples
+               for k, v in json.loads(meta.get("op_args", "{}")).items()}
+    inputs = [golden[k] for k in golden if k.startswith("input.")]
+    verdicts = {}
+    for name in [k for k in golden if k.startswith("output.")]:
+        c = _as_candidate(name, candidate[name], golden[name].dtype)
+        verdicts[name] = compare(c, op, *inputs, compute=compute, model=model, ulps=ulps,
+                                 **op_args).tensors[0]
+    grads = [k for k in golden if k.startswith("grad.")]
+    if grads:
+        out = golden["output.0"]
+        listed = [_as_candidate(k, candidate[k], golden[k].dtype) if k in grads else None
+                  for k in ("grad." + i.split(".", 1)[1] for i in golden
+                            if i.startswith("input."))]
+        result = compare(listed, op, *inputs, compute=compute, model=model, ulps=ulps,
+                         grad=Tensor(np.ones(out.shape), out.dtype), **op_args)
+        named = [k for k, c in zip(("grad." + i.split(".", 1)[1] for i in golden
+                                    if i.startswith("input.")), listed) if c is not None]
+        verdicts.update(zip(named, result.tensors))
+    return verdicts
+
+
+def check(golden_path: str | os.PathLike, candidate, *, tolerance: str = "bits",
+          max_report: int = 5, compute: Format | str | None = None, model=None,
+          ulps: float = 0.5) -> Report:
+    """Compare a candidate (a golden-format file, or a dict name -> Tensor/array) with a
+    golden file, tensor by tensor, within tolerance "bits", "ulps=N" or "bound".
+
+    "bound" judges each output and gradient against the rigorous bound of
+    mpgrad.testing.assert_close for the op the file records, with the candidate's compute
+    format (default: the one recorded, else the output's), accumulation model and ulps.
     The candidate must hold every tensor of the golden file except (optionally) its
     "input.*" ones, and no other, each with the golden format and shape; else the input is
     unusable: a ValueError (as for a missing or damaged file).
     """
-    ulps = parse_tolerance(tolerance)
-    golden = read(golden_path).tensors
+    ulps_allowed = parse_tolerance(tolerance)
+    file = read(golden_path)
+    golden = file.tensors
     if isinstance(candidate, (str, os.PathLike)):
         candidate = read(candidate).tensors
     if not isinstance(candidate, Mapping):
@@ -234,5 +302,14 @@ def check(golden_path: str | os.PathLike, candidate, *, tolerance: str = "bits",
         if c.dtype != g.dtype or c.shape != g.shape:
             raise ValueError(f"{name}: the candidate is {c.dtype.name} {list(c.shape)}, the "
                              f"golden tensor {g.dtype.name} {list(g.shape)}")
-        rows.append(_row(name, g, c, ulps, max_report))
+        rows.append(_row(name, g, c, None if ulps_allowed == "bound" else ulps_allowed,
+                         max_report))
+    if ulps_allowed == "bound":
+        recorded = file.metadata.get("compute")
+        verdicts = _bound_verdicts(file.metadata, golden, candidate,
+                                   compute or recorded, model, ulps)
+        rows = [_bounded(r, golden[r.name], _as_candidate(r.name, candidate[r.name],
+                                                          golden[r.name].dtype),
+                         verdicts[r.name], max_report) if r.name in verdicts else r
+                for r in rows]
     return Report(os.fspath(golden_path), tolerance, tuple(rows))
