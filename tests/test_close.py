@@ -418,3 +418,21 @@ def test_torch_cpu_log_softmax_within_its_own_format_bound(dtype):
     torch = pytest.importorskip("torch")
     x = torch.tensor(data((32, 96), float32, 3.0, 32)).to(getattr(torch, dtype))
     assert_close(torch.log_softmax(x, -1), "log_softmax", x, compute=dtype, ulps=1)
+
+
+@pytest.mark.parametrize("name", ["add", "sub", "mul", "div", "sqrt", "exp", "log", "tanh",
+                                  "sigmoid", "erf", "relu", "neg", "abs"])
+def test_elementwise_backward_within_bound_and_wrong_one_outside(name):
+    binary = name in ("add", "sub", "mul", "div")
+    a = data((6, 7), float32, 2.0, 33)
+    a = np.abs(a) + 0.25 if name in ("sqrt", "log") else a
+    inputs = [mpgrad.tensor(a, float32, requires_grad=True)]
+    if binary:
+        inputs.append(mpgrad.tensor(data((7,), float32, 2.0, 34), float32, requires_grad=True))
+    y = getattr(mpgrad, name)(*inputs)
+    g = mpgrad.tensor(data((6, 7), float32, 1.0, 35), float32)
+    y.backward(g)
+    grads = tuple(t.grad for t in inputs)
+    assert_close(grads, name, *inputs, grad=g, compute="float32")
+    doubled = tuple((mpgrad.to_float64(t) * 2).astype(np.float32) for t in grads)
+    assert not compare(doubled, name, *inputs, grad=g, compute="float32").passed
