@@ -110,16 +110,11 @@ def test_anything_else_is_a_type_error_naming_its_path(tree, where, tmp_path):
     assert nn.load(path) == {"old": 1}  # nothing written
 
 
-def test_writes_are_atomic_and_keep_the_name(tmp_path, monkeypatch):
+def test_writes_are_atomic_and_keep_the_name(tmp_path, monkeypatch, interrupted_savez):
     path = tmp_path / "run"
     nn.save({"a": 1}, path)
     assert os.listdir(tmp_path) == ["run"]  # no ".npz" appended, no temporary file left
-
-    def interrupted(out, **entries):
-        out.write(b"PK\x03\x04 half a zip")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(np, "savez", interrupted)
+    monkeypatch.setattr(np, "savez", interrupted_savez)
     with pytest.raises(KeyboardInterrupt):
         nn.save({"a": 2}, path)
     monkeypatch.undo()

@@ -283,7 +283,7 @@ def test_vectors_file_and_cli(tmp_path, capsys):
         main(["probe", "--vectors", str(tmp_path / "bad.npz")])
 
 
-def test_save_vectors_is_atomic(tmp_path, monkeypatch):
+def test_save_vectors_is_atomic(tmp_path, monkeypatch, interrupted_savez):
     """The file is the path given; Ctrl-C while it is written leaves the old file whole and
     no temporary file; a folder is no file name."""
     a, b = np.ones((1, 1, 2), np.float16), np.ones((1, 2, 1), np.float16)
@@ -292,14 +292,7 @@ def test_save_vectors_is_atomic(tmp_path, monkeypatch):
     save_vectors(path, a, b, c, d, "float16")
     assert os.listdir(tmp_path) == ["cases"] and load_vectors(path)[0][3][0, 0, 0] == 2.0
     before = path.read_bytes()
-
-    def interrupted(file, *args, **kwds):  # np.savez stopped by Ctrl-C half way
-        out = open(file, "wb") if isinstance(file, (str, os.PathLike)) else file
-        out.write(b"PK\x03\x04 half a file")
-        out.flush()
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(np, "savez", interrupted)
+    monkeypatch.setattr(np, "savez", interrupted_savez)
     for target in (path, tmp_path / "new.npz"):
         with pytest.raises(KeyboardInterrupt):
             save_vectors(target, a, b, c, 2 * d, "float16")

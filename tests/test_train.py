@@ -124,15 +124,7 @@ def test_cli_train_and_compare(tmp_path, capsys):
         main(["compare", "--recipes", "fp32,nope", "--steps", "2"])
 
 
-def _interrupted_savez(file, *args, **kwds):
-    """np.savez that writes a few bytes and is then interrupted (Ctrl-C)."""
-    out = open(file, "wb") if isinstance(file, (str, os.PathLike)) else file
-    out.write(b"PK\x03\x04 half a file")
-    out.flush()
-    raise KeyboardInterrupt
-
-
-def test_save_is_atomic_and_writes_the_path_given(tmp_path, monkeypatch):
+def test_save_is_atomic_and_writes_the_path_given(tmp_path, monkeypatch, interrupted_savez):
     run = train("fp32", **SMALL)
     run.save(tmp_path / "run")  # no .npz appended
     assert os.listdir(tmp_path) == ["run"]
@@ -141,7 +133,7 @@ def test_save_is_atomic_and_writes_the_path_given(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="is a directory"):
         run.save(tmp_path)
     before = (tmp_path / "run").read_bytes()
-    monkeypatch.setattr(np, "savez", _interrupted_savez)
+    monkeypatch.setattr(np, "savez", interrupted_savez)
     for path in (tmp_path / "run", tmp_path / "new.npz"):
         with pytest.raises(KeyboardInterrupt):
             run.save(path)

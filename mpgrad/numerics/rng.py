@@ -4,12 +4,12 @@ generator states as plain dicts (get_rng_state / set_rng_state), to save and res
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 __all__ = ["manual_seed", "generator", "get_rng_state", "set_rng_state", "generator_state",
-           "set_generator_state", "check_generator_state"]
+           "state_setter"]
 
 _global = np.random.default_rng()
 
@@ -38,17 +38,20 @@ def generator_state(gen: np.random.Generator) -> dict[str, Any]:
     if not isinstance(gen.bit_generator, np.random.PCG64):
         raise TypeError(f"only the states of PCG64 generators (np.random.default_rng(seed)) are "
                         f"saved, this one is a {type(gen.bit_generator).__name__}")
-    return check_generator_state(gen.bit_generator.state)
+    return _checked(gen.bit_generator.state)
 
 
-def set_generator_state(gen: np.random.Generator, state: dict[str, Any]) -> None:
-    """Restore a state from generator_state into the PCG64 generator gen (checked first: a
-    malformed state is a TypeError/ValueError and gen is unchanged)."""
-    checked = check_generator_state(state)
+def state_setter(gen: np.random.Generator, state: dict[str, Any]) -> Callable[[], None]:
+    """Check a state from generator_state against the PCG64 generator gen (a malformed state
+    is a TypeError/ValueError, gen unchanged) and return the function that restores it."""
+    checked = _checked(state)
     if not isinstance(gen.bit_generator, np.random.PCG64):
         raise TypeError(f"a PCG64 state cannot be set into a {type(gen.bit_generator).__name__} "
                         f"generator")
-    gen.bit_generator.state = checked
+
+    def restore() -> None:
+        gen.bit_generator.state = checked
+    return restore
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -58,13 +61,13 @@ def get_rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore the global generator to a state from get_rng_state (torch.set_rng_state)."""
-    set_generator_state(_global, state)
+    state_setter(_global, state)()
 
 
 _FIELDS = {"bit_generator", "state", "has_uint32", "uinteger"}
 
 
-def check_generator_state(state: Any) -> dict[str, Any]:
+def _checked(state: Any) -> dict[str, Any]:
     """A copy of a PCG64 generator state, or a TypeError/ValueError saying what is wrong."""
     def fields(d: Any, name: str, keys: set[str]) -> None:
         if not isinstance(d, dict):

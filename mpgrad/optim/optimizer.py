@@ -20,8 +20,7 @@ from ..autodiff.policy import autocast
 from ..autodiff.tensor import Tensor
 from ..numerics.exact import two_prod
 from ..numerics.formats import Format, as_format
-from ..numerics.rng import (check_generator_state, generator, generator_state,
-                             set_generator_state)
+from ..numerics.rng import generator, generator_state, state_setter
 from ..numerics.rounding import round_to, to_float64
 from ..ops import add, cast, mul, sub
 from ..ops.fused import muladd, muladd_exact, rounded
@@ -341,10 +340,10 @@ class Optimizer:
                 "one without rng=" if rng is None else
                 "a generator state: the saved optimizer drew from its own generator; create "
                 "this one with rng=<a seed>"))
+        restore_rng = None
         if rng is not None:
             try:
-                generator_state(self._rng)  # a PCG64 generator, which can take the state
-                rng = check_generator_state(rng)
+                restore_rng = state_setter(self._rng, rng)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"state_dict['rng']: {e}") from e
         for group, ng in zip(self.param_groups, new_groups):  # commit: nothing can fail now
@@ -353,8 +352,8 @@ class Optimizer:
         self.state = new_state
         self._written = {}  # the loaded derived state holds, whatever the parameters hold
         self.steps, self.lost_updates = int(counters["steps"]), int(counters["lost_updates"])
-        if rng is not None:
-            set_generator_state(self._rng, rng)
+        if restore_rng is not None:
+            restore_rng()
 
     def _checked_state(self, k: Any, p: Tensor, group: dict[str, Any],
                        s: Any) -> dict[str, Any]:
