@@ -436,3 +436,17 @@ def test_elementwise_backward_within_bound_and_wrong_one_outside(name):
     assert_close(grads, name, *inputs, grad=g, compute="float32")
     doubled = tuple((mpgrad.to_float64(t) * 2).astype(np.float32) for t in grads)
     assert not compare(doubled, name, *inputs, grad=g, compute="float32").passed
+
+
+def test_float64_batched_matmul_by_blas_within_bound():
+    rng = np.random.default_rng(36)
+    A = rng.standard_normal((3, 1, 20, 300))
+    B = rng.standard_normal((4, 300, 10))
+    C = A @ B  # float64 BLAS, broadcast over the batch
+    assert_close(C, "matmul", A, B)
+    single = (A.astype(np.float32) @ B.astype(np.float32)).astype(np.float64)
+    assert not compare(single, "matmul", A, B).passed
+    G = rng.standard_normal(C.shape)
+    gA = (G @ np.swapaxes(B, -1, -2)).sum(axis=1, keepdims=True)
+    gB = (np.swapaxes(A, -1, -2) @ G).sum(axis=0)
+    assert_close((gA, gB), "matmul", A, B, grad=G)
