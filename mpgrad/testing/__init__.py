@@ -13,9 +13,11 @@ from ..numerics.bits import to_bits
 from ..numerics.formats import Format, as_format, float64
 from ..numerics.rounding import to_float64
 from .close import OPS, Comparison, Offender, TensorCheck, assert_close, compare
+from .torch_bridge import ModuleReport, compare_module, from_torch
 
 __all__ = ["check_grads", "assert_bits_equal", "accumulation_error_bound", "assert_matmul_close",
-           "assert_close", "compare", "Comparison", "TensorCheck", "Offender", "OPS"]
+           "assert_close", "compare", "Comparison", "TensorCheck", "Offender", "OPS",
+           "compare_module", "from_torch", "ModuleReport"]
 
 _SEED = 0  # the weights w are drawn from this seed, so every check is reproducible
 
