@@ -11,7 +11,7 @@ import ast
 import sys
 from pathlib import Path
 
-OPTIONAL = {"sklearn", "matplotlib", "torch"}  # optional extras, imported where used
+OPTIONAL = {"sklearn", "matplotlib", "torch", "distributed"}  # optional extras, imported where used
 
 
 def module_name(path: Path, root: Path) -> str:

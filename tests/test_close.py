@@ -14,7 +14,7 @@ from mpgrad.accumulate import Exact, Pairwise, Sequential
 from mpgrad.accumulate.hardware import HARDWARE
 from mpgrad.numerics.exact_matmul import exact_matmul
 from mpgrad.numerics.formats import bfloat16, float16, float32, float64
-from mpgrad.numerics.vectors import parse_format
+from mpgrad.numerics.cases import parse_format
 from mpgrad.numerics.rounding import round_to, to_float64
 from mpgrad.testing import OPS, assert_close, compare
 from mpgrad.testing.enclosure import Arithmetic, Calc, exact

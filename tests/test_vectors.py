@@ -20,10 +20,10 @@ import pytest
 from gmpy2 import mpfr, mpq
 
 from mpgrad.numerics import (Format, bfloat16, float4_e2m1fn, float6_e3m2fn, float8_e4m3fn,
-                             float8_e4m3fnuz, float8_e5m2, float16, tf32)
+                             float8_e4m3fnuz, float8_e5m2, float16, float32, tf32)
 from mpgrad.numerics.codes import decode
-from mpgrad.numerics.vectors import (DETERMINISTIC_MODES, FLAGS, cases, check, compute,
-                                     vectors)
+from mpgrad.numerics.cases import BLOCK, cases, level2_tables
+from mpgrad.numerics.vectors import DETERMINISTIC_MODES, FLAGS, check, compute, vectors
 from reference import Spec, reference_modes, round_unbounded, spec_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,3 +235,138 @@ def test_stdout_matches_the_module():
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == list(vectors("sqrt", "e5m2", count=40, seed=7))
     assert check(r.stdout.splitlines()) == (40, [])
+
+
+# --- TestFloat level 2 -------------------------------------------------------------------
+# Berkeley TestFloat 3e's tables, as source/genCases_f16.c and genCases_f32.c list them.
+F16_QIN = [0x0000, 0x0400, 0x1000, 0x3400, 0x3800, 0x3C00, 0x4000, 0x4400, 0x6800, 0x7800,
+           0x7C00, 0x8000, 0x8400, 0x9000, 0xB400, 0xB800, 0xBC00, 0xC000, 0xC400, 0xE800,
+           0xF800, 0xFC00]
+F16_QOUT = [0x0000, 0x0400, 0x0800, 0x1000, 0x2C00, 0x3000, 0x3400, 0x3800, 0x3C00, 0x4000,
+            0x4400, 0x4800, 0x4C00, 0x6800, 0x7400, 0x7800, 0x7C00, 0x8000, 0x8400, 0x8800,
+            0x9000, 0xAC00, 0xB000, 0xB400, 0xB800, 0xBC00, 0xC000, 0xC400, 0xC800, 0xCC00,
+            0xE800, 0xF400, 0xF800, 0xFC00]
+F16_P2 = [0x0000, 0x0001, 0x0002, 0x0004, 0x0008, 0x0010, 0x0020, 0x0040, 0x0080, 0x0100,
+          0x0200, 0x0300, 0x0380, 0x03C0, 0x03E0, 0x03F0, 0x03F8, 0x03FC, 0x03FE, 0x03FF,
+          0x03FD, 0x03FB, 0x03F7, 0x03EF, 0x03DF, 0x03BF, 0x037F, 0x02FF, 0x01FF, 0x00FF,
+          0x007F, 0x003F, 0x001F, 0x000F, 0x0007, 0x0003]
+# f32QIn's and f32QOut's exponents (their comments; "sub" the zero field, "inf" the top one)
+F32_QIN_EXPONENTS = ["sub", -126, -24, -2, -1, 0, 1, 2, 24, 127, "inf"]
+F32_QOUT_EXPONENTS = ["sub", -126, -125, -24, -4, -3, -2, -1, 0, 1, 2, 3, 4, 24, 29, 30, 31,
+                      32, 61, 62, 63, 64, 126, 127, "inf"]
+F32_P2 = [0x000000, 0x000001, 0x000002, 0x000004, 0x000008, 0x000010, 0x000020, 0x000040,
+          0x000080, 0x000100, 0x000200, 0x000400, 0x000800, 0x001000, 0x002000, 0x004000,
+          0x008000, 0x010000, 0x020000, 0x040000, 0x080000, 0x100000, 0x200000, 0x400000,
+          0x600000, 0x700000, 0x780000, 0x7C0000, 0x7E0000, 0x7F0000, 0x7F8000, 0x7FC000,
+          0x7FE000, 0x7FF000, 0x7FF800, 0x7FFC00, 0x7FFE00, 0x7FFF00, 0x7FFF80, 0x7FFFC0,
+          0x7FFFE0, 0x7FFFF0, 0x7FFFF8, 0x7FFFFC, 0x7FFFFE, 0x7FFFFF, 0x7FFFFD, 0x7FFFFB,
+          0x7FFFF7, 0x7FFFEF, 0x7FFFDF, 0x7FFFBF, 0x7FFF7F, 0x7FFEFF, 0x7FFDFF, 0x7FFBFF,
+          0x7FF7FF, 0x7FEFFF, 0x7FDFFF, 0x7FBFFF, 0x7F7FFF, 0x7EFFFF, 0x7DFFFF, 0x7BFFFF,
+          0x77FFFF, 0x6FFFFF, 0x5FFFFF, 0x3FFFFF, 0x1FFFFF, 0x0FFFFF, 0x07FFFF, 0x03FFFF,
+          0x01FFFF, 0x00FFFF, 0x007FFF, 0x003FFF, 0x001FFF, 0x000FFF, 0x0007FF, 0x0003FF,
+          0x0001FF, 0x0000FF, 0x00007F, 0x00003F, 0x00001F, 0x00000F, 0x000007, 0x000003]
+
+
+def _f32_codes(exponents: list) -> list[int]:
+    fields = [0 if e == "sub" else 255 if e == "inf" else e + 127 for e in exponents]
+    return [f << 23 for f in fields] + [1 << 31 | f << 23 for f in fields]
+
+
+def test_level2_tables_are_testfloats():
+    """The tables built from the exponent and significand widths are genCases_f16.c's and
+    genCases_f32.c's (whose f32QIn lists exponent 126, not 127, for the negative sign)."""
+    t = level2_tables(float16)
+    assert t.q_in.tolist() == F16_QIN and t.q_out.tolist() == F16_QOUT
+    assert t.p2.tolist() == F16_P2
+    t = level2_tables(float32)
+    assert t.q_out.tolist() == _f32_codes(F32_QOUT_EXPONENTS)
+    assert t.p2.tolist() == F32_P2
+    expected_in = _f32_codes(F32_QIN_EXPONENTS)
+    assert expected_in[-2] == 0xFF000000  # TestFloat: 0xFE800000 (negative, 126)
+    assert t.q_in.tolist() == expected_in
+
+
+# Level-2 float16 operands (q_in | p2 of genCases_f16.c) that level 1 does not make: 1 with a
+# run of six ones on top, 2**15 with all ones but one, 2**-14 with a run of 3 ones at the
+# bottom, a negative subnormal with one bit, -2**-11 with a run of two ones, and a NaN
+# with a run of nine ones from the bottom
+LEVEL2_F16 = [0x3C00 | 0x03F0, 0x7800 | 0x03BF, 0x0400 | 0x0007, 0x8000 | 0x0020,
+              0x9000 | 0x0300, 0x7C00 | 0x01FF]
+
+
+def test_level2_cases_hold_testfloat_patterns():
+    n_values = len(F16_QIN) * len(F16_P2)
+    count = 2 * 3 * n_values  # random cases between 3 * n_values q_in x p2 combinations
+    a, b = cases("add", float16, level=2, count=count, seed=4)
+    expected = {q | p for q in F16_QIN for p in F16_P2}
+    assert set(a[1::2].tolist()) == expected and set(b[1::2].tolist()) == expected
+    level1 = set(np.concatenate(cases("add", float16, count=count, seed=4)).tolist())
+    for code in LEVEL2_F16:
+        assert code in expected and code not in level1, hex(code)
+    (x,) = cases("sqrt", float16, level=2, count=2 * len(F16_QOUT) * len(F16_P2))
+    assert set(x[1::2].tolist()) == {q | p for q in F16_QOUT for p in F16_P2}
+
+
+def test_level2_random_cases_are_testfloats():
+    """TestFloat's f32Random: 3/4 of the significands are sums of two f32P2 patterns (of 2**23
+    significands, few are), the exponents of half of them from f32QOut."""
+    (x,) = cases("sqrt", float32, level=2, count=8000, seed=1)
+    random = x[::2] & 0x7FFFFFFF
+    sums = {(p + q) & 0x7FFFFF for p in F32_P2 for q in F32_P2}
+    assert 0.65 < np.isin(random & 0x7FFFFF, list(sums)).mean() < 0.85
+    exponents = {c & 0x7F800000 for c in _f32_codes(F32_QOUT_EXPONENTS)}
+    assert 0.45 < np.isin(random & 0x7F800000, list(exponents)).mean() < 0.7
+    uniform = np.random.default_rng(0).integers(0, 1 << 23, 4000)
+    assert np.isin(uniform, list(sums)).mean() < 0.01  # what the first check tells apart
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_cases_are_deterministic_and_indexable(level):
+    count = 3 * BLOCK + 123
+    full = cases("add", bfloat16, level=level, count=count, seed=9)
+    assert all(np.array_equal(u, v) for u, v in
+               zip(full, cases("add", bfloat16, level=level, count=count, seed=9)))
+    for start, stop in [(0, 1), (BLOCK - 5, 2 * BLOCK + 7), (count - 10, count + 50)]:
+        part = cases("add", bfloat16, level=level, count=count, seed=9, start=start, stop=stop)
+        assert all(np.array_equal(u[start:stop], v) for u, v in zip(full, part))
+    other = cases("add", bfloat16, level=level, count=count, seed=10)
+    assert not np.array_equal(full[0], other[0])  # the random cases follow the seed
+
+
+def test_exhaustive_keeps_its_order_in_any_range():
+    a, b = cases("mul", float8_e4m3fn, exhaustive=True)
+    assert a.tolist() == [i // 256 for i in range(65536)]
+    assert b.tolist() == [i % 256 for i in range(65536)]
+    part = cases("mul", float8_e4m3fn, exhaustive=True, start=300, stop=900)
+    assert part[0].tolist() == a[300:900].tolist() and part[1].tolist() == b[300:900].tolist()
+
+
+@pytest.mark.parametrize("fmt", [float16, bfloat16, float8_e4m3fn], ids=lambda f: f.name)
+@pytest.mark.parametrize("op", ["add", "div", "fma"])
+def test_level2_vectors_match_reference(op, fmt):
+    operands = cases(op, fmt, level=2, count=1200, seed=2)
+    assert _compare(op, fmt, operands) == 1200
+
+
+@pytest.mark.parametrize("op,fmt", [("mul", "bf16"), ("sqrt", "f16"), ("to:e5m2", "f16"),
+                                    ("fma", "e4m3")])
+def test_level2_vectors_check(op, fmt):
+    lines = list(vectors(op, fmt, "down", level=2, count=3000, seed=5))
+    assert check(lines) == (len(lines) - 1, [])
+
+
+def test_check_names_the_first_unusable_line():
+    lines = list(vectors("add", "f16", count=20))
+    lines[5] = "3C00 3C00"  # too few fields
+    lines[9] = "3C00 ZZZZ 4000 00"
+    with pytest.raises(ValueError, match="line 6: '3C00 3C00': add lines need 4 hex fields"):
+        check(lines)
+    lines[3] = "10000 3C00 4000 00"  # wider than float16
+    with pytest.raises(ValueError, match="line 4: .* wider than its format"):
+        check(lines)
+    # sqrt(-1) has no float4_e2m1fn result (no NaN there): found before line 4's error
+    lines = ["# mpgrad vectors sqrt e2m1 --mode up", "2 2 00", "A 0 10", "nonsense"]
+    with pytest.raises(ValueError, match="line 3: 'A 0 10': the case has no float4_e2m1fn"):
+        check(lines)
+    with pytest.raises(ValueError, match="line 3: 'nonsense': a field is not hexadecimal"):
+        check(lines[:2] + lines[3:])

@@ -17,11 +17,15 @@ from ..numerics.bits import describe
 from ..numerics.files import atomic_write, output_path
 from ..numerics.formats import FORMATS, as_format
 from ..numerics.rounding import MODES
+from ..numerics.cases import LEVELS
 from ..numerics.vectors import DETERMINISTIC_MODES, check, vectors
 from ..testing.golden import Report, parse_tolerance
 from ..testing.golden import check as check_golden
 from .data import DATASETS, load
 from .recipes import DEFAULT_RECIPES, RECIPES, get_recipe
+from .shards import (SHARD_CASES, SHARD_ELEMENTS, SHARD_LINES, Sharding, check_vectors,
+                     vectors_text)
+from .shards import check_golden as check_golden_sharded
 from .table import text_table
 from .train import results_table, train
 
@@ -215,27 +219,48 @@ def _describe(value: float, names: list[str], mode: str) -> list[str]:
     return errors
 
 
+def _sharding(args) -> Sharding | None:
+    """The sharding options given (None: none, the single-process run)."""
+    how = Sharding(args.workers, args.scheduler, args.shard_dir, args.shard_size)
+    return None if how == Sharding() else how
+
+
+def _print(text: str) -> None:
+    """Write text to stdout; a reader such as `head` that stops early is no error."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _vectors(args, command: argparse.ArgumentParser) -> int:
     """`mpgrad vectors`: write TestFloat-format vectors, or check a results file (exit 0/1/2)."""
+    how = _sharding(args)
     if args.check is None:
         if args.op is None or args.format is None:
             command.error("give OP and FORMAT to generate vectors, or --check FILE")
-        lines = vectors(args.op, args.format, args.mode or "nearest_even", count=args.count,
-                        exhaustive=args.exhaustive, seed=args.seed)
-        if args.o is None:
-            try:
-                for line in lines:
-                    print(line)
-                sys.stdout.flush()
-            except BrokenPipeError:  # a reader such as `head` stopped early: not an error
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if args.exhaustive and args.level is not None:
+            command.error("--level chooses the --count cases; --exhaustive writes every case")
+        path = None if args.o is None else output_path(args.o)
+        options = dict(level=args.level or 1, count=args.count, exhaustive=args.exhaustive,
+                       seed=args.seed)
+        mode = args.mode or "nearest_even"
+        if how is None:
+            text = "".join(line + "\n" for line in vectors(args.op, args.format, mode, **options))
         else:
-            text = "".join(line + "\n" for line in lines).encode()
-            atomic_write(output_path(args.o), lambda file: file.write(text))
+            text = vectors_text(args.op, args.format, mode, how=how, **options)
+        if path is None:
+            _print(text)
+        else:
+            atomic_write(path, lambda file: file.write(text.encode()))
         return 0
     try:
-        with open(args.check, encoding="ascii") as file:
-            total, bad = check(file.readlines(), args.op, args.format, args.mode)
+        if how is None:
+            with open(args.check, encoding="ascii") as file:
+                total, bad = check(file.readlines(), args.op, args.format, args.mode)
+        else:
+            total, bad = check_vectors(args.check, args.op, args.format, args.mode, how=how)
     except (OSError, UnicodeDecodeError, ValueError) as err:
         print(f"mpgrad vectors: cannot check {args.check}: {err}", file=sys.stderr)
         return 2
@@ -291,10 +316,14 @@ def check_table(report: Report) -> str:
 def _check(args) -> int:
     """`mpgrad check`: compare a candidate with a golden file (exit 0 pass, 1 fail, 2
     unusable input)."""
+    how = _sharding(args)
+    options = dict(tolerance=args.tolerance, compute=args.compute, ulps=args.ulps,
+                   model=None if args.model is None else HARDWARE[args.model])
     try:
-        report = check_golden(args.golden, args.candidate, tolerance=args.tolerance,
-                              compute=args.compute, ulps=args.ulps,
-                              model=None if args.model is None else HARDWARE[args.model])
+        if how is None:
+            report = check_golden(args.golden, args.candidate, **options)
+        else:
+            report = check_golden_sharded(args.golden, args.candidate, how=how, **options)
     except OSError as err:
         print(f"mpgrad check: cannot read {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
@@ -303,6 +332,19 @@ def _check(args) -> int:
         return 2
     print(report.to_json() if args.json else check_table(report))
     return 0 if report.passed else 1
+
+
+def _shard_options(p: argparse.ArgumentParser, size_help: str) -> None:
+    """--workers, --scheduler, --shard-dir, --shard-size: the work cut into shards (run on
+    Dask when --workers or --scheduler is given), with the single-process run's result."""
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_integer(1), metavar="N", help="run the shards on a "
+                       "Dask LocalCluster of N worker processes (needs mpgrad[dask])")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="run the shards on the Dask "
+                       "cluster at ADDRESS (its workers need mpgrad installed)")
+    p.add_argument("--shard-dir", metavar="DIR", help="keep each finished shard in DIR "
+                   "(created if absent); a rerun computes only the shards missing there")
+    p.add_argument("--shard-size", type=_integer(1), metavar="N", help=size_help)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,11 +380,17 @@ def main(argv: list[str] | None = None) -> int:
                    "nearest_even; with --check, the file's header)")
     amount = v.add_mutually_exclusive_group()
     amount.add_argument("--count", type=_integer(1), default=10_000,
-                        help="level-1 cases: the special operands crossed, then random")
+                        help="cases of the --level (default 10000)")
     amount.add_argument("--exhaustive", action="store_true", help="every operand combination")
+    v.add_argument("--level", type=int, choices=LEVELS, help="TestFloat's case level: 1 "
+                   "(default) the special operands crossed, then random bit patterns; 2 "
+                   "TestFloat's level-2 sign/exponent x significand patterns crossed, with "
+                   "TestFloat-style random operands between them")
     v.add_argument("--seed", type=_integer(0), default=0)
     v.add_argument("-o", metavar="FILE", help="write to FILE (atomically) instead of stdout")
     v.add_argument("--check", metavar="FILE", help="re-compute every line of a results file")
+    _shard_options(v, f"cases per shard (default {SHARD_CASES}; with --check, lines: "
+                   f"{SHARD_LINES})")
     ch = sub.add_parser("check", help="compare a candidate with a golden file (exit 0 pass, "
                         "1 fail, 2 unusable input)")
     ch.add_argument("golden", metavar="GOLDEN", help="a file mpgrad.golden.record wrote")
@@ -358,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     ch.add_argument("--ulps", type=_ulps, default=0.5, help="with --tolerance bound: the "
                     "accuracy of its exp/log/erf/tanh/rsqrt in ulps (default 0.5)")
     ch.add_argument("--json", action="store_true", help="print the report as JSON")
+    _shard_options(ch, f"elements of a tensor per shard (default {SHARD_ELEMENTS})")
     args = parser.parse_args(argv)
     command = sub.choices[args.command]
     try:

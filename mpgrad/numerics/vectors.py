@@ -24,92 +24,21 @@ format without NaN) are left out. An exact zero sum is +0, or -0 rounding "down"
 
 from __future__ import annotations
 
-import re
 from typing import Iterator, NamedTuple
 
 import numpy as np
 
+from .cases import ARITY, cases, hex_width, parse_format, parse_op
 from .codes import decode, nan_code, to_float64
 from .exact import clean_pair, exact_div, exact_sqrt, exact_sum, two_prod, two_sum
-from .formats import Format, as_format, float32
+from .formats import Format, float32
 from .rounding import MODES, encode, round_to
 
-__all__ = ["ARITY", "DETERMINISTIC_MODES", "FLAGS", "parse_format", "parse_op", "cases",
-           "compute", "header", "vectors", "check", "Mismatch"]
+__all__ = ["DETERMINISTIC_MODES", "FLAGS", "compute", "header", "vector_lines", "vectors",
+           "read_results", "check_lines", "check", "Mismatch"]
 
 FLAGS = {"inexact": 1, "underflow": 2, "overflow": 4, "infinite": 8, "invalid": 16}
-ARITY = {"add": 2, "sub": 2, "mul": 2, "div": 2, "sqrt": 1, "fma": 3, "to": 1}
 DETERMINISTIC_MODES = tuple(m for m in MODES if m != "stochastic")
-EXHAUSTIVE_LIMIT = 1 << 24  # most cases --exhaustive writes (all triples of an 8-bit format)
-
-
-def parse_format(text: str | Format) -> Format:
-    """A format by name or alias, or a custom IEEE-style one written eXmY (e.g. e5m7)."""
-    match = re.fullmatch(r"e(\d+)m(\d+)", text.strip().lower()) if isinstance(text, str) \
-        else None
-    try:
-        return as_format(text)
-    except ValueError:
-        if match is None:
-            raise
-        return Format.custom(int(match[1]), int(match[2]))
-
-
-def parse_op(op: str) -> tuple[str, Format | None]:
-    """("to", target) for 'to:FORMAT', else (op, None) for an arithmetic op name."""
-    if op.startswith("to:"):
-        return "to", parse_format(op[3:])
-    if op not in ARITY or op == "to":
-        raise ValueError(f"unknown op {op!r}; valid ops: add, sub, mul, div, sqrt, fma, "
-                         "to:FORMAT")
-    return op, None
-
-
-def _hex_width(fmt: Format) -> int:
-    return -(-fmt.bits // 4)
-
-
-def _specials(fmt: Format) -> np.ndarray:
-    """Bit patterns of TestFloat-style special operands: zeros, the subnormal and normal
-    extremes, one, powers of two across the range and their neighbours, inf and NaN."""
-    m, top = fmt.fraction_bits, fmt.max_code
-    one = fmt.bias << m
-    mags = [0, 1, (1 << m) - 1, 1 << m, (1 << m) + 1, top, top - 1, one, one - 1, one + 1]
-    for e in np.linspace(1, fmt.max_exponent + fmt.bias, 6).astype(int):
-        mags += [e << m, (e << m) - 1, (e << m) + 1]
-    mags = [c for c in mags if 0 <= c <= top] + [top + 1] * fmt.infinities + (
-        [nan_code(fmt)] if fmt.nan in ("ieee", "fn") else [])
-    sign = 1 << (fmt.bits - 1)
-    codes = set(mags) | {c | sign for c in mags if fmt.signed_zero or c != 0}
-    if fmt.nan == "fnuz":
-        codes.add(sign)  # its NaN
-    return np.array(sorted(codes), dtype=np.int64)
-
-
-def cases(op: str, fmt: Format | str, *, count: int = 10_000, exhaustive: bool = False,
-          seed: int = 0) -> tuple[np.ndarray, ...]:
-    """Operand bit patterns (one int64 array per operand) for op on fmt.
-
-    exhaustive: every combination (at most 2**24 cases). Otherwise TestFloat's level 1: every
-    combination of the special operands, then uniformly random bit patterns from seed, count
-    cases in all (the specials first, cut to count if there are more).
-    """
-    fmt = parse_format(fmt)
-    n = ARITY[parse_op(op)[0]]
-    if exhaustive:
-        total = (1 << fmt.bits) ** n
-        if total > EXHAUSTIVE_LIMIT:
-            raise ValueError(f"--exhaustive {op} on {fmt.name} would be {total} cases (more than "
-                             f"2**24); use --count N for level-1 cases instead")
-        grid = np.meshgrid(*[np.arange(1 << fmt.bits, dtype=np.int64)] * n, indexing="ij")
-        return tuple(g.ravel() for g in grid)
-    specials = _specials(fmt)
-    grid = np.meshgrid(*[specials] * n, indexing="ij")
-    fixed = [g.ravel()[:count] for g in grid]
-    rng = np.random.default_rng(seed)
-    extra = max(count - fixed[0].size, 0)
-    return tuple(np.concatenate([f, rng.integers(0, 1 << fmt.bits, extra, dtype=np.int64)])
-                 for f in fixed)
 
 
 def _exact(op: str, x: list[np.ndarray], mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -222,18 +151,28 @@ def _line(fields: list[int], widths: list[int]) -> str:
     return " ".join(f"{v:0{w}X}" for v, w in zip(fields, widths))
 
 
-def vectors(op: str, fmt: Format | str, mode: str = "nearest_even", *, count: int = 10_000,
-            exhaustive: bool = False, seed: int = 0) -> Iterator[str]:
-    """The header, then one TestFloat line per case (operands, result, flags)."""
+def vector_lines(op: str, fmt: Format | str, mode: str = "nearest_even", *, level: int = 1,
+                 count: int = 10_000, exhaustive: bool = False, seed: int = 0, start: int = 0,
+                 stop: int | None = None) -> list[str]:
+    """One TestFloat line (operands, result, flags) per case number start to stop (see
+    cases), leaving out the cases without a result (see the module docstring)."""
     fmt = parse_format(fmt)
-    operands = cases(op, fmt, count=count, exhaustive=exhaustive, seed=seed)
+    operands = cases(op, fmt, level=level, count=count, exhaustive=exhaustive, seed=seed,
+                     start=start, stop=stop)
     kept, result, flags = compute(op, fmt, operands, mode)
     out = parse_op(op)[1] or fmt
-    widths = [_hex_width(fmt)] * len(operands) + [_hex_width(out), 2]
-    yield header(op, fmt, mode)
+    widths = [hex_width(fmt)] * len(operands) + [hex_width(out), 2]
     columns = [c[kept] for c in operands] + [result, flags]
-    for row in zip(*(c.tolist() for c in columns)):
-        yield _line(list(row), widths)
+    return [_line(list(row), widths) for row in zip(*(c.tolist() for c in columns))]
+
+
+def vectors(op: str, fmt: Format | str, mode: str = "nearest_even", *, level: int = 1,
+            count: int = 10_000, exhaustive: bool = False, seed: int = 0) -> Iterator[str]:
+    """The header, then one TestFloat line per case (operands, result, flags)."""
+    lines = vector_lines(op, fmt, mode, level=level, count=count, exhaustive=exhaustive,
+                         seed=seed)
+    yield header(op, fmt, mode)
+    yield from lines
 
 
 class Mismatch(NamedTuple):
@@ -248,10 +187,10 @@ def _is_nan(codes: np.ndarray, fmt: Format) -> np.ndarray:
     return np.isnan(decode(codes, fmt)) if fmt.has_nan else np.zeros(codes.shape, bool)
 
 
-def check(lines: list[str], op: str | None = None, fmt: Format | str | None = None,
-          mode: str | None = None) -> tuple[int, list[Mismatch]]:
-    """(cases checked, mismatches) of a results file's lines; op, fmt, mode default to the
-    header's. A NaN result matches any NaN. Raises ValueError for an unreadable file."""
+def read_results(lines: list[str], op: str | None = None, fmt: Format | str | None = None,
+                 mode: str | None = None) -> tuple[list[tuple[int, str]], str, Format, str]:
+    """(body, op, format, mode) of a results file's lines: the numbered non-blank lines after
+    the header, and op, fmt, mode as given, else the header's (mode: nearest_even)."""
     body = [(i + 1, t.strip()) for i, t in enumerate(lines) if t.strip()]
     if body and body[0][1].startswith("#"):
         words = body.pop(0)[1].split()
@@ -261,26 +200,66 @@ def check(lines: list[str], op: str | None = None, fmt: Format | str | None = No
         op, fmt, mode = op or words[3], fmt or words[4], mode or words[6]
     if op is None or fmt is None:
         raise ValueError("no header line: give OP and FORMAT (and --mode)")
-    mode = mode or "nearest_even"
+    parse_op(op)
+    return body, op, parse_format(fmt), mode or "nearest_even"
+
+
+def _fields(text: str, op: str, n: int, fmt: Format, out: Format) -> list[int]:
+    """The hex fields of one results line of op (n operands of fmt, a result of out), or a
+    ValueError saying what is wrong with it."""
+    try:
+        row = [int(w, 16) for w in text.split()]
+    except ValueError:
+        raise ValueError("a field is not hexadecimal") from None
+    if len(row) != n + 2:
+        raise ValueError(f"{op} lines need {n + 2} hex fields (operands, result, flags), "
+                         f"this one has {len(row)}")
+    limits = [1 << fmt.bits] * n + [1 << out.bits, 1 << 8]
+    if not all(0 <= v < limit for v, limit in zip(row, limits)):
+        raise ValueError(f"a field is wider than its format (operands {fmt.bits} bits, "
+                         f"result {out.bits} bits, flags 2 hex digits)")
+    return row
+
+
+def check_lines(body: list[tuple[int, str]], op: str, fmt: Format | str,
+                mode: str = "nearest_even") -> tuple[int, list[Mismatch]]:
+    """(cases checked, mismatches) of numbered results lines (see read_results). A NaN result
+    matches any NaN. The first unusable line (not hex fields of the right widths, or a case
+    without a result) is a ValueError naming it."""
     name, target = parse_op(op)
     fmt = parse_format(fmt)
     out = target or fmt
     n = ARITY[name]
-    try:
-        rows = np.array([[int(w, 16) for w in t.split()] for _, t in body], dtype=np.int64)
-    except (ValueError, OverflowError):
-        raise ValueError("a line holds something other than hex fields") from None
-    if rows.size == 0 or rows.ndim != 2 or rows.shape[1] != n + 2:
-        raise ValueError(f"{op} lines need {n + 2} hex fields (operands, result, flags)")
-    if rows[:, :n].max() >= 1 << fmt.bits or rows[:, n].max() >= 1 << out.bits:
-        raise ValueError(f"a bit pattern is wider than {fmt.bits} bits")
+    if not body:
+        raise ValueError("the file holds no vector lines")
+    rows, bad = [], None
+    for number, text in body:
+        try:
+            rows.append(_fields(text, op, n, fmt, out))
+        except ValueError as err:
+            bad = f"line {number}: {text!r}: {err}"
+            break
+    if not rows:
+        raise ValueError(bad)
+    rows = np.array(rows, dtype=np.int64)
     kept, result, flags = compute(op, fmt, tuple(rows[:, :n].T), mode)
     if not kept.all():
-        raise ValueError(f"{int((~kept).sum())} case(s) have no {out.name} result (NaN)")
+        number, text = body[int(np.argmin(kept))]
+        raise ValueError(f"line {number}: {text!r}: the case has no {out.name} result (its "
+                         "exact result is NaN)")
+    if bad is not None:
+        raise ValueError(bad)
     got = rows[:, n]
     same = (got == result) | _is_nan(got, out) & _is_nan(result, out)
-    bad = np.flatnonzero(~same | (rows[:, n + 1] != flags))
-    widths = [_hex_width(fmt)] * n + [_hex_width(out), 2]
+    wrong = np.flatnonzero(~same | (rows[:, n + 1] != flags))
+    widths = [hex_width(fmt)] * n + [hex_width(out), 2]
     return len(body), [Mismatch(body[i][0], body[i][1],
                                 _line([*rows[i, :n].tolist(), int(result[i]), int(flags[i])],
-                                      widths)) for i in bad]
+                                      widths)) for i in wrong]
+
+
+def check(lines: list[str], op: str | None = None, fmt: Format | str | None = None,
+          mode: str | None = None) -> tuple[int, list[Mismatch]]:
+    """(cases checked, mismatches) of a results file's lines; op, fmt, mode default to the
+    header's. A NaN result matches any NaN. Raises ValueError for an unreadable file."""
+    return check_lines(*read_results(lines, op, fmt, mode))

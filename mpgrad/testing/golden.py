@@ -21,8 +21,8 @@ from ..numerics.formats import Format, as_format
 from .close import OP_CALLS, OPS, compare, op_name
 from .goldenfile import Golden, encoding, read, write
 
-__all__ = ["record", "check", "Report", "Row", "Offender", "parse_tolerance", "Golden",
-           "read", "write", "encoding"]
+__all__ = ["record", "check", "tensor_pairs", "compare_tensor", "Report", "Row", "Offender",
+           "parse_tolerance", "Golden", "read", "write", "encoding"]
 
 
 def _named(values, prefix: str) -> dict[str, Tensor]:
@@ -268,6 +268,47 @@ def _bound_verdicts(meta: dict, golden: dict, candidate: dict, compute, model, u
     return verdicts
 
 
+def _pairs(golden: dict, candidate) -> list[tuple[str, Tensor, Tensor]]:
+    """(name, golden, candidate) of each tensor to compare, in the golden file's order."""
+    if not isinstance(candidate, Mapping):
+        raise TypeError(f"candidate must be a file name or a dict of tensors, not "
+                        f"{type(candidate).__name__}")
+    needed = {k for k in golden if not k.startswith("input.")}
+    missing, extra = needed - set(candidate), set(candidate) - set(golden)
+    if missing or extra:
+        raise ValueError(f"the candidate's tensors do not match the golden file's: missing "
+                         f"{sorted(missing)}, unknown {sorted(extra)}")
+    pairs = []
+    for name, g in golden.items():
+        if name not in candidate:
+            continue
+        c = _as_candidate(name, candidate[name], g.dtype)
+        if c.dtype != g.dtype or c.shape != g.shape:
+            raise ValueError(f"{name}: the candidate is {c.dtype.name} {list(c.shape)}, the "
+                             f"golden tensor {g.dtype.name} {list(g.shape)}")
+        pairs.append((name, g, c))
+    return pairs
+
+
+def tensor_pairs(golden_path: str | os.PathLike, candidate) -> list[tuple[str, Tensor, Tensor]]:
+    """(name, golden, candidate) of each tensor check compares, in the golden file's order,
+    validated as check validates them (a ValueError for an unusable input)."""
+    if isinstance(candidate, (str, os.PathLike)):
+        candidate = read(candidate).tensors
+    return _pairs(read(golden_path).tensors, candidate)
+
+
+def compare_tensor(name: str, golden: Tensor, candidate: Tensor, *, tolerance: str = "bits",
+                   max_report: int = 5) -> Row:
+    """check's Row of one candidate tensor against its golden one (same format and shape),
+    within tolerance "bits" or "ulps=N"."""
+    ulps = parse_tolerance(tolerance)
+    if ulps == "bound":
+        raise ValueError("compare_tensor takes 'bits' or 'ulps=N'; 'bound' needs the op: use "
+                         "check")
+    return _row(name, golden, candidate, ulps, max_report)
+
+
 def check(golden_path: str | os.PathLike, candidate, *, tolerance: str = "bits",
           max_report: int = 5, compute: Format | str | None = None, model=None,
           ulps: float = 0.5) -> Report:
@@ -286,24 +327,8 @@ def check(golden_path: str | os.PathLike, candidate, *, tolerance: str = "bits",
     golden = file.tensors
     if isinstance(candidate, (str, os.PathLike)):
         candidate = read(candidate).tensors
-    if not isinstance(candidate, Mapping):
-        raise TypeError(f"candidate must be a file name or a dict of tensors, not "
-                        f"{type(candidate).__name__}")
-    needed = {k for k in golden if not k.startswith("input.")}
-    missing, extra = needed - set(candidate), set(candidate) - set(golden)
-    if missing or extra:
-        raise ValueError(f"the candidate's tensors do not match the golden file's: missing "
-                         f"{sorted(missing)}, unknown {sorted(extra)}")
-    rows = []
-    for name, g in golden.items():
-        if name not in candidate:
-            continue
-        c = _as_candidate(name, candidate[name], g.dtype)
-        if c.dtype != g.dtype or c.shape != g.shape:
-            raise ValueError(f"{name}: the candidate is {c.dtype.name} {list(c.shape)}, the "
-                             f"golden tensor {g.dtype.name} {list(g.shape)}")
-        rows.append(_row(name, g, c, None if ulps_allowed == "bound" else ulps_allowed,
-                         max_report))
+    rows = [_row(name, g, c, None if ulps_allowed == "bound" else ulps_allowed, max_report)
+            for name, g, c in _pairs(golden, candidate)]
     if ulps_allowed == "bound":
         recorded = file.metadata.get("compute")
         verdicts = _bound_verdicts(file.metadata, golden, candidate,
