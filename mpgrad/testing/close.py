@@ -81,7 +81,8 @@ class TensorCheck:
     def __str__(self) -> str:
         head = (f"{self.name} ({self.format}): {self.failed} of {self.count} elements outside "
                 f"the bound; largest distance {self.max_ulps:.4g} ulps")
-        lines = [head] + [f"  at {o.index}: candidate {o.candidate!r}, exact {o.exact!r}, "
+        # the exact value to 12 digits: its float64 value is known to 2**-42 relative
+        lines = [head] + [f"  at {o.index}: candidate {o.candidate!r}, exact {o.exact:.12g}, "
                           f"bound {o.bound:.4g}, {o.ulps:.4g} ulps" for o in self.worst]
         if self.diagnosis:
             lines.append(f"  diagnosis: {self.diagnosis}")
