@@ -1,7 +1,7 @@
 """assert_close: is a kernel's result within a rigorous bound of the exact result of the op?
 
 Elementwise ops are checked in ulps of the output format against the exact value (exact
-pairs for +, -, *, / and sqrt; 2**-42-accurate float64 or 100-bit mpmath values for the
+pairs for +, -, *, / and sqrt; 2**-42-accurate float64 or 120-bit mpmath values for the
 elementary functions), with the sign of zero IEEE 754 gives. Every other op is checked
 against the running error bound of its candidate arithmetic (opbounds.py, enclosure.py):
 a candidate c is accepted where |c - v| <= r + rho, v the float64 value of the exact result q
@@ -333,12 +333,13 @@ def _hypotheses(name: str, calc: Calc, xs: list) -> list:
 def _dropped_term(xs: list, check: TensorCheck) -> str | None:
     """Whether each worst element of a matmul is the exact result less one product."""
     a, b = xs[0].v, xs[1].v
+    batch_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    ab = np.broadcast_to(a, batch_shape + a.shape[-2:])
+    bb = np.broadcast_to(b, batch_shape + b.shape[-2:])
     eps = as_format(check.format).eps  # the sum less a term is rounded to another value
     found = []
     for o in check.worst:
         *batch, i, j = o.index
-        ab = np.broadcast_to(a, np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + a.shape[-2:])
-        bb = np.broadcast_to(b, ab.shape[:-2] + b.shape[-2:])
         t = ab[tuple(batch) + (i, slice(None))] * bb[tuple(batch) + (slice(None), j)]
         k = int(np.argmin(np.abs(o.candidate - (o.exact - t))))
         if not abs(o.candidate - (o.exact - t[k])) <= o.bound + eps * abs(o.candidate):

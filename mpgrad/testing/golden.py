@@ -240,7 +240,8 @@ def _bounded(row: Row, g: Tensor, c: Tensor, verdict, max_report: int) -> Row:
 
 
 def _bound_verdicts(meta: dict, golden: dict, candidate: dict, compute, model, ulps) -> dict:
-    """assert_close's verdict on each output.* and grad.* candidate tensor of an op's file."""
+    """assert_close's verdict on each output.* and grad.* candidate tensor of an op's file
+    (candidate: name -> Tensor, as _pairs validated it)."""
     if "op" not in meta:
         raise ValueError("tolerance 'bound' needs a golden file recorded from an op of "
                          f"mpgrad.testing.OPS ({', '.join(OPS)}); this one records "
@@ -251,20 +252,15 @@ def _bound_verdicts(meta: dict, golden: dict, candidate: dict, compute, model, u
     inputs = [golden[k] for k in golden if k.startswith("input.")]
     verdicts = {}
     for name in [k for k in golden if k.startswith("output.")]:
-        c = _as_candidate(name, candidate[name], golden[name].dtype)
-        verdicts[name] = compare(c, op, *inputs, compute=compute, model=model, ulps=ulps,
-                                 **op_args).tensors[0]
-    grads = [k for k in golden if k.startswith("grad.")]
-    if grads:
+        verdicts[name] = compare(candidate[name], op, *inputs, compute=compute, model=model,
+                                 ulps=ulps, **op_args).tensors[0]
+    grads = ["grad." + k.split(".", 1)[1] for k in golden if k.startswith("input.")]
+    if any(k in golden for k in grads):  # one gradient per input, None where not recorded
         out = golden["output.0"]
-        listed = [_as_candidate(k, candidate[k], golden[k].dtype) if k in grads else None
-                  for k in ("grad." + i.split(".", 1)[1] for i in golden
-                            if i.startswith("input."))]
-        result = compare(listed, op, *inputs, compute=compute, model=model, ulps=ulps,
-                         grad=Tensor(np.ones(out.shape), out.dtype), **op_args)
-        named = [k for k, c in zip(("grad." + i.split(".", 1)[1] for i in golden
-                                    if i.startswith("input.")), listed) if c is not None]
-        verdicts.update(zip(named, result.tensors))
+        result = compare([candidate.get(k) for k in grads], op, *inputs, compute=compute,
+                         model=model, ulps=ulps, grad=Tensor(np.ones(out.shape), out.dtype),
+                         **op_args)
+        verdicts.update(zip([k for k in grads if k in golden], result.tensors))
     return verdicts
 
 
@@ -327,14 +323,13 @@ def check(golden_path: str | os.PathLike, candidate, *, tolerance: str = "bits",
     golden = file.tensors
     if isinstance(candidate, (str, os.PathLike)):
         candidate = read(candidate).tensors
+    pairs = _pairs(golden, candidate)
     rows = [_row(name, g, c, None if ulps_allowed == "bound" else ulps_allowed, max_report)
-            for name, g, c in _pairs(golden, candidate)]
+            for name, g, c in pairs]
     if ulps_allowed == "bound":
-        recorded = file.metadata.get("compute")
-        verdicts = _bound_verdicts(file.metadata, golden, candidate,
-                                   compute or recorded, model, ulps)
-        rows = [_bounded(r, golden[r.name], _as_candidate(r.name, candidate[r.name],
-                                                          golden[r.name].dtype),
-                         verdicts[r.name], max_report) if r.name in verdicts else r
-                for r in rows]
+        given = {name: c for name, _, c in pairs}
+        verdicts = _bound_verdicts(file.metadata, golden, given,
+                                   compute or file.metadata.get("compute"), model, ulps)
+        rows = [_bounded(r, golden[r.name], given[r.name], verdicts[r.name], max_report)
+                if r.name in verdicts else r for r in rows]
     return Report(os.fspath(golden_path), tolerance, tuple(rows))
