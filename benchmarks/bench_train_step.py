@@ -88,7 +88,7 @@ def main() -> None:
     x = data.x_train[:args.batch].astype(np.float32)
     y = data.y_train[:args.batch]
     base_t, base_m = timed(lambda: numpy_step(params, x, y, 0.05), max(args.steps, 50))
-    trainer = Trainer(args.recipe, 64, 10)
+    trainer = Trainer(args.recipe, 64, 10, hidden=500, lr=0.01, optimizer="sgd")
     trainer.step(x, y)  # warm up
     t, m = timed(lambda: trainer.step(x, y), args.steps)
     print(f"MLP 64-500-10, batch {args.batch}")

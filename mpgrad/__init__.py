@@ -2,7 +2,7 @@
 
 The layers, each importing only the ones above it in this list:
 numerics (formats, rounding, exact arithmetic) -> accumulate (accumulation models) ->
-autodiff (Tensor, policy, engine) -> ops -> nn, optim, amp -> testing -> demo.
+autodiff (Tensor, policy, engine) -> ops -> nn, optim, amp -> diagnostics -> testing -> demo.
 """
 
 __version__ = "0.1.0"
@@ -21,7 +21,7 @@ from .autodiff import (Policy, Tensor, arange, autocast, enable_grad, full, is_g
                        no_grad, ones, rand, randn, tensor, use_policy, zeros)
 from . import ops
 from .ops import *  # noqa: F401,F403  (every op as mpgrad.<name>)
-from . import amp, nn, optim, testing
+from . import amp, diagnostics, nn, optim, testing
 from .testing import golden
 
 __all__ = [
@@ -35,6 +35,6 @@ __all__ = [
     "MODES", "STOCHASTIC_BITS", "RoundingStats", "record_rounding", "round_to", "to_float64",
     "enable_grad", "is_grad_enabled", "no_grad", "Policy", "autocast", "promote", "use_policy",
     "Tensor", "arange", "full", "ones", "rand", "randn", "tensor", "zeros", "ops", "testing",
-    "accumulate", "hardware", "mma", "probe", "amp", "nn", "optim", "golden",
+    "accumulate", "hardware", "mma", "probe", "amp", "nn", "optim", "golden", "diagnostics",
     *ops.__all__,
 ]

@@ -155,3 +155,20 @@ def test_a_zero_operand_beside_full_width_values(max_bits):
                                          for v in row] for row in want])
             assert np.array_equal(mpgrad.matmul(mpgrad.tensor(a), mpgrad.tensor(b))
                                   .to_float64(), got)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_specials_by_counting_match_the_elementwise_path(seed):
+    """inf, -inf, NaN, zeros and -0 in both operands (batched): the counted specials and the
+    finite part give exactly what the Dekker elementwise path gives."""
+    from mpgrad.numerics.exact_matmul import _elementwise
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal((2, 7, 9)), rng.standard_normal((9, 6))
+    for x, p in ((a, 0.08), (b, 0.1)):
+        pick = rng.random(x.shape)
+        x[pick < p] = rng.choice([np.inf, -np.inf, np.nan, 0.0, -0.0], (pick < p).sum())
+    got = exact_matmul(a, b)
+    want = _elementwise(a, np.broadcast_to(b, (2, 9, 6)), (2, 7, 6))
+    assert np.isnan(got[0]).sum() > 0 and np.isinf(got[0]).sum() > 0  # both kinds occur
+    assert np.array_equal(got[0] + got[1], want[0] + want[1], equal_nan=True)
+    assert np.array_equal(np.signbit(got[0] + got[1]), np.signbit(want[0] + want[1]))

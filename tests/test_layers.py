@@ -9,8 +9,8 @@ from import_graph import imports, report
 
 ROOT = Path(__file__).resolve().parents[1] / "mpgrad"
 # Each layer may import the layers before it; nn, optim and amp share a rank but not code.
-LAYERS = ["numerics", "accumulate", "autodiff", "ops", ("nn", "optim", "amp"), "testing",
-          "demo"]
+LAYERS = ["numerics", "accumulate", "autodiff", "ops", ("nn", "optim", "amp"), "diagnostics",
+          "testing", "demo"]
 
 
 def _rank(module: str) -> tuple[int, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..numerics.exact import exact_sum
 from ..numerics.exact_matmul import exact_matmul
 from ..numerics.formats import Format, float32, promote
 from ..numerics.rounding import round_to, to_float64
@@ -125,6 +126,46 @@ def _matmul2(a: np.ndarray, b: np.ndarray, model: Model, formats: tuple) -> np.n
     return out
 
 
+def _float32_by_bound(a: np.ndarray, b: np.ndarray, max_bits: int | None) -> tuple | None:
+    """An exact value rounding like the exact 2-D a @ b to float32 (nearest even) with the
+    same IEEE flags: float64 BLAS where a rigorous error bound decides, the exact path
+    elsewhere; None where the bound does not apply (it needs finite inputs of at most 26
+    significant bits, max_bits if given, in [2**-300, 2**300): exact float64 products).
+
+    For exact products, any order of summation, FMA or not, gives |s - a @ b| <=
+    gamma_K * (|a| @ |b|), gamma_K = K u / (1 - K u), u = 2**-53 (Higham 2002, sec. 3.1),
+    and the computed t = fl(|a| @ |b|) is at least (1 - gamma_K) times the exact one. Where
+    both ends of the interval s -+ e round to one float32 r and r lies outside it, the exact
+    value rounds to r inexactly, as s does: s stands for it. Elsewhere the sum is exact.
+    """
+    if a.ndim != 2 or b.ndim != 2:
+        return None
+    mags = np.abs(a), np.abs(b)
+    for m in mags:
+        if m.size and not (m.max() < 2.0 ** 300                 # (false for NaN and inf)
+                           and np.min(m, where=m > 0, initial=1.0) >= 2.0 ** -300):
+            return None
+        if max_bits is None and not _bits_at_most(m, 26):
+            return None
+    gamma = a.shape[1] * 2.0 ** -53 / (1 - a.shape[1] * 2.0 ** -53)
+    s, t = a @ b, mags[0] @ mags[1]
+    e = t * (gamma / (1 - gamma) * (1 + 2.0 ** -40))  # the slack covers this line's roundings
+    lo, hi = np.nextafter(s - e, -np.inf), np.nextafter(s + e, np.inf)
+    with np.errstate(over="ignore"):  # IEEE conversions (nearest even); inf beyond the max
+        r, lo32, hi32 = s.astype(np.float32), lo.astype(np.float32), hi.astype(np.float32)
+    rv = r.astype(np.float64)
+    sure = (lo32.view(np.int32) == hi32.view(np.int32)) & ((rv < lo) | (rv > hi))
+    value = np.where(t == 0, 0.0, s)  # no nonzero product: the exact sum is +0
+    sure |= t == 0
+    low = np.zeros_like(value)
+    i, j = np.nonzero(~sure)  # (few) the exact sums of their exact products
+    if i.size * a.shape[1] > 1 << 22:
+        return None  # too many for one batch of products: the exact matmul is cheaper
+    if i.size:
+        value[i, j], low[i, j] = exact_sum(a[i] * b.T[j], axis=1)
+    return value, low
+
+
 def matmul_model(a, b, model: Model, storage: bool = False, max_bits: int | None = None,
                  formats: tuple = (None, None)) -> np.ndarray:
     """a (..., M, K) @ b (..., K, N) of exact values under the model, as acc-format float64
@@ -141,7 +182,13 @@ def matmul_model(a, b, model: Model, storage: bool = False, max_bits: int | None
         raise ValueError(f"matmul_model needs (..., M, K) and (..., K, N) arrays, got "
                          f"{a.shape}, {b.shape}")
     if isinstance(model, Exact):
-        stored = round_to(exact_matmul(a, b, max_bits), model.acc, model.mode)
+        pair = None
+        # (inputs of up to 12 bits, as float16's, take one or two exact BLAS products)
+        if model.acc == float32 and model.mode == "nearest_even" and 12 < (max_bits or 26) <= 26:
+            pair = _float32_by_bound(a, b, max_bits)
+        if pair is None:
+            pair = exact_matmul(a, b, max_bits)
+        stored = round_to(pair, model.acc, model.mode)
         return stored if storage else to_float64(stored)
     check_inputs(a, 26), check_inputs(b, 26)
     unit = model.inner if isinstance(model, Chunked) else model

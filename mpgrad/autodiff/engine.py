@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -25,7 +25,8 @@ import numpy as np
 from ..accumulate import default_model, reduce_sum
 from ..numerics.exact import clean_pair, two_sum
 from ..numerics.formats import Format, as_format
-from ..numerics.rounding import round_to, to_float64
+from ..numerics.rounding import RoundingStats, round_to, to_float64
+from . import observe
 from .policy import Policy, accumulate_model, compute_format, current_policy, restored
 from .tensor import Tensor, check_like, is_torch_tensor
 
@@ -100,6 +101,7 @@ class Node:
     ctx: Ctx | None               # saved values for the VJP; None once freed
     policy: Any = None            # current_policy() when the op ran
     freed: bool = field(default=False)
+    origin: Any = None            # observe.Origin while an observer is active, else None
 
     def release(self) -> None:
         """Free the saved values (after a backward without retain_graph)."""
@@ -108,7 +110,8 @@ class Node:
 
 def _record(op: Op, out: Tensor, inputs: tuple, args: tuple, params: dict) -> Tensor:
     ctx = Ctx(tuple(t.detach() for t in inputs), out.detach(), args, params)
-    out._node = Node(op, inputs, ctx, current_policy())
+    out._node = Node(op, inputs, ctx, current_policy(),
+                     origin=observe.origin() if observe.active() else None)
     return out
 
 
@@ -130,7 +133,7 @@ def cast(x, dtype: Format | str, mode: str = "nearest_even", *, rng=None) -> Ten
         return Tensor._wrap(round_to(np.asarray(x), fmt, mode, rng=rng), fmt)
     if _stored_as(x.data, x.dtype, fmt):
         return x
-    out = Tensor._wrap(round_to(x.data, fmt, mode, rng=rng), fmt)
+    out = Tensor._wrap(_rounded("cast", x.data, (x.data,), fmt, mode, rng), fmt)
     if not (is_grad_enabled() and x.requires_grad):
         return out
     out.requires_grad = True
@@ -147,6 +150,17 @@ def as_tensor(x, fmt: Format | None = None) -> Tensor:
         raise TypeError("a torch tensor as an operand: convert it first with mpgrad.tensor(x), "
                         "which keeps its format and bits")
     return Tensor(np.float64(x) if isinstance(x, (int, float)) else x, fmt)
+
+
+def _rounded(name: str, exact, inputs: tuple, fmt: Format, mode: str = "nearest_even",
+             rng=None) -> np.ndarray:
+    """round_to(exact, fmt, mode), told to an active observer as op `name` on inputs."""
+    if not observe.active():
+        return round_to(exact, fmt, mode, rng=rng)
+    stats = RoundingStats()
+    out = round_to(exact, fmt, mode, rng=rng, stats=stats)
+    observe.emit(name, inputs, out, fmt, stats)
+    return out
 
 
 def _check_nan(exact, c: Format, op: Op) -> None:
@@ -171,7 +185,7 @@ def apply(op: Op, *args, **params) -> Tensor:
     else:
         exact = op.forward(c, *(to_float64(t.data) for t in tensors), *rest, **params)
         _check_nan(exact, c, op)
-        stored = round_to(exact, c)
+        stored = _rounded(op.name, exact, tuple(t.data for t in tensors), c)
     out = Tensor._wrap(stored, c)
     if not (is_grad_enabled() and op.vjp is not None and any(t.requires_grad for t in tensors)):
         return out
@@ -229,16 +243,17 @@ def unbroadcast(g: Tensor, x: Tensor, model=None) -> Tensor:
         kept = [i for i in range(g.ndim) if i not in axes]
         flat = np.transpose(to_float64(data), kept + axes)
         flat = flat.reshape(flat.shape[:len(kept)] + (int(np.prod(flat.shape[len(kept):])),))
-        data = round_to(reduce_sum(flat, -1, model or default_model(fmt)), fmt).reshape(x.shape)
+        data = _rounded("sum", reduce_sum(flat, -1, model or default_model(fmt)), (data,),
+                        fmt).reshape(x.shape)
     if not _stored_as(data, fmt, x.dtype):
-        data = round_to(data, x.dtype)
+        data = _rounded("cast", data, (data,), x.dtype)
     return Tensor._wrap(data, x.dtype)
 
 
 def _add_gradients(a: Tensor, b: Tensor) -> Tensor:
     """a + b rounded once in their (common) format: gradients meeting at one tensor."""
     pair = clean_pair(*two_sum(to_float64(a.data), to_float64(b.data)))
-    return Tensor._wrap(round_to(pair, a.dtype), a.dtype)
+    return Tensor._wrap(_rounded("add", pair, (a.data, b.data), a.dtype), a.dtype)
 
 
 def _accumulate(grads: dict, t: Tensor, g: Tensor) -> None:
@@ -280,7 +295,17 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
     grad = grad if isinstance(grad, Tensor) else Tensor(grad, dtype=root.dtype)
     if grad.shape != root.shape:
         raise ValueError(f"grad has shape {grad.shape}, the tensor has shape {root.shape}")
-    grads = {id(root): unbroadcast(grad, root)}
+    with _watched("grad accumulation", None):  # (each VJP below: as its node's op)
+        _propagate(root, {id(root): unbroadcast(grad, root)}, retain_graph)
+
+
+def _watched(op: str, made):
+    """The backward steps of op told to an active observer (else nothing)."""
+    return observe.in_backward(op, made) if observe.active() else nullcontext()
+
+
+def _propagate(root: Tensor, grads: dict, retain_graph: bool) -> None:
+    """The backward pass proper: each tensor's gradient through its node's VJP."""
     for t in reversed(_topological(root)):
         g = grads.pop(id(t), None)
         if g is None:
@@ -296,10 +321,11 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                 f"backward through the graph a second time (at a {node.op.name} node): its "
                 "saved values were freed by the first backward; call backward(retain_graph=True) "
                 "the first time if you need to backward twice")
-        with no_grad(), restored(node.policy):
-            vjps = node.op.vjp(node.ctx, g)
-        for inp, gi in zip(node.inputs, vjps):
-            if gi is not None and inp.requires_grad:
-                _accumulate(grads, inp, unbroadcast(gi, inp, _model(node)))
+        with _watched(node.op.name, node.origin):
+            with no_grad(), restored(node.policy):
+                vjps = node.op.vjp(node.ctx, g)
+            for inp, gi in zip(node.inputs, vjps):
+                if gi is not None and inp.requires_grad:
+                    _accumulate(grads, inp, unbroadcast(gi, inp, _model(node)))
         if not retain_graph:
             node.release()

@@ -26,8 +26,8 @@ from .recipes import DEFAULT_RECIPES, RECIPES, get_recipe
 from .shards import (SHARD_CASES, SHARD_ELEMENTS, SHARD_LINES, Sharding, check_vectors,
                      vectors_text)
 from .shards import check_golden as check_golden_sharded
-from .table import text_table
-from .train import results_table, train
+from ..diagnostics import plot, text_table
+from .train import OPTIMIZERS, diagnosis, results_table, train
 
 __all__ = ["main", "formats_table", "probe_table", "check_table", "PLOT_SUFFIXES"]
 
@@ -91,12 +91,14 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_integer(1), default=default["steps"])
     p.add_argument("--batch-size", type=_integer(1), default=default["batch_size"])
     p.add_argument("--lr", type=_rate, default=default["lr"])
-    p.add_argument("--momentum", type=_rate, default=default["momentum"])
+    p.add_argument("--optimizer", default=default["optimizer"], choices=OPTIMIZERS,
+                   help="adam (default: torch's defaults, betas 0.9/0.999, eps 1e-8) or sgd")
+    p.add_argument("--momentum", type=_rate, default=default["momentum"], help="SGD's")
     p.add_argument("--seed", type=_integer(0), default=default["seed"])
     p.add_argument("--hidden", type=_integer(1), default=default["hidden"])
     p.add_argument("--data", default=default["data"], choices=("auto", *DATASETS),
-                   help="auto (digits if scikit-learn is installed, else synthetic), "
-                   "synthetic or digits")
+                   help="synthetic (embedded, the default), digits (needs scikit-learn) or "
+                   "auto (digits if scikit-learn is installed, else synthetic)")
     p.add_argument("--plot", metavar="FILE.png", help="draw the loss curves into a "
                    f"{'/'.join(PLOT_SUFFIXES)} file (needs matplotlib)")
 
@@ -143,11 +145,18 @@ def _pyplot():
 def _plot(results: list, path: str) -> None:
     """Loss curves of the runs into an image file (its format from the suffix)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    grads = [r.grad_histogram for r in results if r.grad_histogram is not None]
+    fig, axes = plt.subplots(1 + bool(grads), 1, figsize=(7, 4 + 3.5 * bool(grads)),
+                             squeeze=False)
+    ax = axes[0, 0]
     for r in results:
         ax.plot(r.losses, label=r.recipe)
     ax.set(xlabel="step", ylabel="training loss", yscale="log")
     ax.legend()
+    if grads:  # --diagnose: the gradients before and after the last loss scale
+        scale = results[0].scales[-1] if results[0].scales[-1] != 1 else 2.0 ** 16
+        plot([grads[0], grads[0].scaled(scale)], ax=axes[1, 0],
+             title=f"{results[0].recipe}: gradients of module outputs, and times {scale:g}")
     kind = os.path.splitext(path)[1].lower().lstrip(".")
     atomic_write(path, lambda file: fig.savefig(file, format=kind, dpi=120,
                                                 bbox_inches="tight"))
@@ -190,12 +199,18 @@ def _run(args, names: list[str]) -> list:
     data = load(args.data, args.seed)
     print(f"data: {data.name} ({len(data.y_train)} train / {len(data.y_test)} test, "
           f"{data.features} features, {data.classes} classes); MLP {data.features}-"
-          f"{args.hidden}-{data.classes}, SGD lr {args.lr} momentum {args.momentum}, "
+          f"{args.hidden}-{data.classes}, {args.optimizer} lr {args.lr}"
+          f"{f' momentum {args.momentum}' if args.optimizer == 'sgd' else ''}, "
           f"batch {args.batch_size}, {args.steps} steps, seed {args.seed}", file=sys.stderr)
+    diagnose = getattr(args, "diagnose", False)
     results = [train(name, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                      momentum=args.momentum, seed=args.seed, data=data, hidden=args.hidden,
-                     progress=_Progress(name, args.steps)) for name in names]
+                     progress=_Progress(name, args.steps), diagnose=diagnose,
+                     optimizer=args.optimizer)
+               for name in names]
     print(results_table(results))
+    if diagnose:
+        print("\n".join(diagnosis(r) for r in results))
     if args.plot is not None:
         _plot(results, args.plot)
     if args.out is not None and args.command == "train":
@@ -361,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--recipe", default="mixed_float16", choices=RECIPES)
     t.add_argument("--out", metavar="FILE.npz", help="save losses, scales and per-step "
                    "parameter hashes to this file (written atomically)")
+    t.add_argument("--diagnose", action="store_true", help="run every step under "
+                   "mpgrad.diagnostics.track and print its report, the loss-scale trajectory "
+                   "and lost updates per parameter; with --plot, add the gradient histogram")
     _training_options(t)
     c = sub.add_parser("compare", help="train the demo MLP under several recipes, one table")
     c.add_argument("--recipes", type=_recipe_names, default=",".join(DEFAULT_RECIPES),

@@ -8,6 +8,7 @@ from typing import Any, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
+from ..autodiff import observe
 from ..autodiff.tensor import Tensor
 from ..numerics.formats import Format, as_format
 from ..ops import cast
@@ -237,7 +238,12 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        if not observe.active():
+            return self.forward(*args, **kwargs)
+        with observe.in_module(self):
+            out = self.forward(*args, **kwargs)
+        observe.module_output(self, out)
+        return out
 
     def extra_repr(self) -> str:
         """The text inside the parentheses of this module's repr."""

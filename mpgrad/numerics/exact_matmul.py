@@ -13,10 +13,11 @@ The number of BLAS calls is (slices of A) x (slices of B). The slice widths beta
 beta_b (with K * 2**(beta_a + beta_b) <= 2**53) are chosen from the bits each operand's
 rows or columns span, so that one or two products suffice where possible; their results
 form an exact (hi, lo) pair as they are. Otherwise equal widths (beta = 22 for K = 512)
-give levels of equal unit, added as int64 base-2**beta digits. Inputs with a non-finite
-value, or with bits outside [2**-300, 2**300), take a slower elementwise path instead:
-Dekker's exact products in blocks of K, summed exactly (exact.exact_sum). An exact zero
-result is +0 (the sum starts from +0), as in the accumulation models.
+give levels of equal unit, added as int64 base-2**beta digits. Inputs with bits outside
+[2**-300, 2**300) take a slower elementwise path instead: Dekker's exact products in blocks
+of K, summed exactly (exact.exact_sum). Inputs holding inf or NaN give the sum of their
+finite products, with IEEE's specials put in by counting. An exact zero result is +0 (the
+sum starts from +0), as in the accumulation models.
 """
 
 from __future__ import annotations
@@ -86,6 +87,31 @@ def _elementwise(a: np.ndarray, b: np.ndarray, shape: tuple) -> tuple[np.ndarray
     return exact_sum(np.stack(parts, axis=-1), axis=-1)
 
 
+def _with_specials(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """a @ b where some inputs are inf or NaN: the exact sum of the finite products (a and b
+    with their other entries zeroed), overwritten where IEEE's sum of products is NaN (a
+    NaN factor, inf * 0, +inf and -inf products both present) or +-inf. The kinds of
+    product are counted by BLAS products of 0/1 matrices: small integers, so exact."""
+    hi, lo = exact_matmul(np.where(np.isfinite(a), a, 0.0), np.where(np.isfinite(b), b, 0.0))
+    ia, ib = np.isinf(a), np.isinf(b)
+    pa, na, pb, nb = a > 0, a < 0, b > 0, b < 0  # (NaN is neither)
+
+    def count(x, y):
+        return x.astype(np.float64) @ y.astype(np.float64)
+
+    nan = (np.isnan(a).sum(-1)[..., :, None] + np.isnan(b).sum(-2)[..., None, :]
+           + count(ia, b == 0) + count(a == 0, ib))
+    def infinite(same, other):  # products +-inf * (b: same sign) and finite * (b: +-inf)
+        return (count(ia & pa, same) + count(ia & na, other)
+                + count(~ia & pa, ib & same) + count(~ia & na, ib & other))
+
+    pos, neg = infinite(pb, nb), infinite(nb, pb)  # +inf products, -inf products
+    special = np.where((nan > 0) | (pos > 0) & (neg > 0), np.nan,
+                       np.where(pos > 0, np.inf, -np.inf))
+    odd = (nan > 0) | (pos > 0) | (neg > 0)
+    return np.where(odd, special, hi), np.where(odd, 0.0, lo)
+
+
 def _digits(levels: np.ndarray, beta: int) -> tuple[np.ndarray, np.ndarray]:
     """(D, negative): base-2**beta digits of |V|, most significant first, and V < 0, for
     V = sum_L levels[L] * 2**(beta * (Lmax - L)) (int64 levels, each below 2**63).
@@ -144,7 +170,7 @@ def exact_matmul(a, b, max_bits: int | None = None) -> tuple[np.ndarray, np.ndar
     if 0 in shape or K == 0:  # nothing to compute, or the empty sum (+0)
         return np.zeros(shape), np.zeros(shape)
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return _elementwise(a, b, shape)
+        return _with_specials(a, b)
     ea, span_a = bit_span(a, -1, max_bits)
     eb, span_b = bit_span(b, -2, max_bits)
     if max_bits is not None and _products(K, span_a, span_b) > 2:  # the exact spans may

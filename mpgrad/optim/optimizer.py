@@ -81,6 +81,7 @@ class Optimizer:
         self._written: dict[Tensor, np.ndarray] = {}
         self.param_groups: list[dict[str, Any]] = []
         self.lost_updates = 0  # elements whose nonzero delta left the stored value unchanged
+        self.lost_by_param: dict = {}  # the same per parameter (since construction)
         self.steps = 0
         if isinstance(params, Tensor):
             raise TypeError("params argument given to the optimizer should be an iterable of "
@@ -212,7 +213,9 @@ class Optimizer:
         if update.scale is not None and rounded(update.scale, fmt) == 0:
             delta_nonzero = np.zeros_like(delta_nonzero)
         unchanged = to_float64(new.data) == to_float64(x.data)
-        self.lost_updates += int(np.count_nonzero(delta_nonzero & unchanged))
+        lost = int(np.count_nonzero(delta_nonzero & unchanged))
+        self.lost_updates += lost
+        self.lost_by_param[p] = self.lost_by_param.get(p, 0) + lost
         if self.master_dtype is not None:
             state["master"] = new
             p.copy_(new, mode=self.update_mode, rng=self._rng)
